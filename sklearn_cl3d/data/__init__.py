@@ -1,0 +1,1 @@
+"""sklearn_cl3d subpackage."""

@@ -1,0 +1,36 @@
+"""Contrastive losses and metadata kernels (pure torch).
+
+One kernel-weighted InfoNCE (:func:`kernel_infonce`) serves y-Aware
+(:func:`yaware_infonce`), SimCLR (:func:`nt_xent`) and the methods built on
+them; the kernels weight positives by metadata.
+"""
+
+from ._infonce import NORMALIZATIONS, kernel_infonce, partner_weights
+from ._kernels import (
+    KERNELS,
+    delta_kernel,
+    discrete_kernel,
+    get_kernel,
+    laplacian_kernel,
+    product_kernel,
+    rbf_kernel,
+)
+from ._ntxent import NTXentLoss, nt_xent
+from ._yaware import YAwareLoss, yaware_infonce
+
+__all__ = [
+    "KERNELS",
+    "NORMALIZATIONS",
+    "NTXentLoss",
+    "YAwareLoss",
+    "delta_kernel",
+    "discrete_kernel",
+    "get_kernel",
+    "kernel_infonce",
+    "laplacian_kernel",
+    "nt_xent",
+    "partner_weights",
+    "product_kernel",
+    "rbf_kernel",
+    "yaware_infonce",
+]
