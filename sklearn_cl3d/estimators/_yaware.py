@@ -1,0 +1,310 @@
+"""y-Aware (Dufumier et al., MICCAI 2021) and SimCLR pretrainers."""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ..data import check_metadata
+from ..losses import KERNELS, NORMALIZATIONS, NTXentLoss, YAwareLoss
+from ._base import BaseContrastivePretrainer
+
+__all__ = ["SimCLRPretrainer", "YAwarePretrainer"]
+
+_COMMON_PARAMS_DOC = """
+    backbone : {"densenet121", "densenet", "small3d", "mlp"}, class or \
+nn.Module, default="densenet121"
+        The encoder. ``"densenet121"`` is the paper's 3-D DenseNet-121
+        (1024-d features); ``"small3d"`` a small CNN for CPUs; ``"mlp"`` an MLP
+        for 2-D tabular X (e.g. ROI features). A class is built with the
+        ``backbone__*`` parameters (``in_channels``/``in_features`` are inferred
+        from X); a module instance is copied, never trained in place. Set
+        nested parameters as ``backbone__growth_rate=8``.
+    hidden_dim : int, default=512
+        Width of the projection head's hidden layer.
+    projection_dim : int, default=128
+        Output size of the projection head (the loss's embedding).
+    feature_layer : {"backbone", "hidden", "projection"}, default="backbone"
+        What ``transform`` returns: the pooled backbone features (what the
+        paper evaluates), the head's hidden layer (before its ReLU) or the
+        projection.
+    augmentation : {"cutout", "all", "crop", "none"}, callable or None, \
+default="cutout"
+        Views. ``"cutout"`` is what the released y-Aware checkpoint used;
+        ``"all"`` the official six-transform set (flip, blur, noise, cutout,
+        crop with their official probabilities). A callable gets a batch
+        tensor (B, C, ...) on the device and a ``generator`` keyword.
+    normalize : {"zscore"} or None, default="zscore"
+        Per-sample z-scoring before augmentation, in ``fit`` and
+        ``transform`` (the official pipeline's first step).
+    temperature : float, default=0.1
+        Softmax temperature of the loss, > 0.
+    optimizer : torch optimizer class, default=torch.optim.Adam
+        Optimizer; ``optimizer__*`` parameters are passed to it.
+    lr : float, default=1e-4
+        Learning rate (the paper's).
+    weight_decay : float, default=5e-5
+        Weight decay given to the optimizer (the paper's, coupled L2 in Adam).
+    max_epochs : int, default=100
+        Number of epochs of ``fit`` (and of each ``partial_fit`` call).
+    batch_size : int, default=64
+        Samples per step (each gives two views, so 2 x batch_size images go
+        through the network). The last incomplete batch is dropped when X has
+        more samples than one batch, so every step sees the same number of
+        negatives; set ``iterator_train__drop_last`` to override.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU; or any torch device
+        string.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, shuffling and augmentations, so a given
+        integer gives identical results on the same machine and device.
+    verbose : int, default=0
+        0 is silent; 1 shows a progress bar and a table per epoch.
+    train_split : callable or None, default=None
+        skorch's validation split; ``None`` trains on all of X.
+    callbacks : list of (name, skorch callback) or None, default=None
+        Extra skorch callbacks. Without a validation split, monitor
+        ``"train_loss"`` (e.g. ``EarlyStopping(monitor="train_loss")``).
+    **kwargs : dict
+        Other skorch ``NeuralNet`` parameters (``iterator_train__num_workers``,
+        ``criterion__*``, ...)."""
+
+_COMMON_ATTRS_DOC = """
+    module_ : ContrastiveModel
+        The trained network (``module_.backbone``, ``module_.head``).
+    criterion_ : torch.nn.Module
+        The loss module.
+    history_ : skorch.History
+        Per-epoch and per-batch training losses.
+    input_shape_ : tuple of int
+        Per-sample shape of X seen in ``fit``: (C, D, H, W) or (F,).
+    n_features_in_ : int
+        Number of tabular features (only for 2-D X).
+    device_ : str
+        The device training ran on."""
+
+
+class YAwarePretrainer(BaseContrastivePretrainer):
+    __doc__ = f"""y-Aware contrastive pretraining (Dufumier et al., MICCAI 2021).
+
+    Pretrains an encoder with the y-Aware InfoNCE: two augmented views of every
+    volume, positives weighted by a kernel on continuous metadata (age), so
+    subjects of similar age are pulled together. With the defaults the loss
+    equals the official code's (column-normalised kernel weights, 2N - 1
+    candidates, official scale); see :func:`~sklearn_cl3d.losses.yaware_infonce`.
+
+    In a :class:`~sklearn.pipeline.Pipeline`, the downstream target (e.g. a
+    diagnosis) is passed to every step as ``y``. Route the metadata
+    explicitly as ``proxy`` instead: enable metadata routing, call
+    ``set_fit_request(proxy=True)`` and pass ``params={{"proxy": age}}``
+    (``proxy`` wins over ``y`` when both are given).
+
+    Parameters
+    ----------
+    sigma : float, default=5.0
+        Kernel width in metadata units (years for age; the paper uses 5), > 0.
+    kernel : {{"rbf", "gaussian", "laplacian", "delta", "discrete"}} or \
+callable, default="rbf"
+        Kernel on the metadata.
+    normalization : {{"official", "row"}}, default="official"
+        Kernel weight normalisation: per column as the official code, or per
+        anchor as the paper writes it.
+{_COMMON_PARAMS_DOC}
+
+    Attributes
+    ----------
+{_COMMON_ATTRS_DOC}
+
+    See Also
+    --------
+    SimCLRPretrainer : the same network and views without metadata.
+    sklearn_cl3d.losses.yaware_infonce : the loss.
+
+    References
+    ----------
+    .. [1] B. Dufumier et al., "Contrastive Learning with Continuous Proxy
+       Meta-Data for 3D MRI Classification", MICCAI 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cl3d import YAwarePretrainer
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(16, 1, 12, 12, 12)).astype("float32")
+    >>> age = rng.uniform(20, 80, size=16)
+    >>> ssl = YAwarePretrainer(backbone="small3d", max_epochs=1, batch_size=8,
+    ...                        random_state=0)
+    >>> ssl.fit(X, age).transform(X).shape
+    (16, 32)
+    """
+
+    _metadata_required = True
+
+    _parameter_constraints = {
+        **BaseContrastivePretrainer._parameter_constraints,
+        "sigma": [Interval(Real, 0, None, closed="neither")],
+        "kernel": [StrOptions(set(KERNELS)), callable],
+        "normalization": [StrOptions(set(NORMALIZATIONS))],
+    }
+
+    def __init__(
+        self,
+        *,
+        sigma=5.0,
+        kernel="rbf",
+        normalization="official",
+        backbone="densenet121",
+        hidden_dim=512,
+        projection_dim=128,
+        feature_layer="backbone",
+        augmentation="cutout",
+        normalize="zscore",
+        temperature=0.1,
+        optimizer=torch.optim.Adam,
+        lr=1e-4,
+        weight_decay=5e-5,
+        max_epochs=100,
+        batch_size=64,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        train_split=None,
+        callbacks=None,
+        **kwargs,
+    ):
+        super().__init__(
+            backbone=backbone,
+            hidden_dim=hidden_dim,
+            projection_dim=projection_dim,
+            feature_layer=feature_layer,
+            augmentation=augmentation,
+            normalize=normalize,
+            temperature=temperature,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            device=device,
+            random_state=random_state,
+            verbose=verbose,
+            train_split=train_split,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        self.sigma = sigma
+        self.kernel = kernel
+        self.normalization = normalization
+
+    @classmethod
+    def _default_criterion(cls):
+        return YAwareLoss
+
+    def _criterion_params(self):
+        return {
+            "sigma": self.sigma,
+            "temperature": self.temperature,
+            "kernel": self.kernel,
+            "normalization": self.normalization,
+        }
+
+    def _metadata(self, X, y, fit_params):
+        proxy = fit_params.pop("proxy", None)
+        meta = proxy if proxy is not None else y
+        if meta is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y "
+                "is None: give the continuous metadata (e.g. age) as y, or as "
+                "proxy=... (routed with set_fit_request(proxy=True) in a "
+                "Pipeline)."
+            )
+        return check_metadata(
+            meta, X.shape[0], name="proxy" if proxy is not None else "y"
+        )
+
+    def fit(self, X, y=None, proxy=None, **fit_params):
+        """Pretrain on X with metadata ``proxy`` (or ``y``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F)
+            Volumes, or tabular features for the MLP backbone.
+        y : array-like of shape (n,) or (n, k), default=None
+            Continuous metadata (e.g. age), used when ``proxy`` is None.
+        proxy : array-like of shape (n,) or (n, k), default=None
+            Continuous metadata; wins over ``y``. Request it with
+            ``set_fit_request(proxy=True)`` for routing in a Pipeline.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        if proxy is not None:
+            fit_params["proxy"] = proxy
+        return self._fit(X, y, fit_params, partial=False)
+
+    def partial_fit(self, X, y=None, classes=None, proxy=None, **fit_params):
+        """Continue pretraining for ``max_epochs`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F)
+            Same kind of input as in earlier calls.
+        y : array-like of shape (n,) or (n, k), default=None
+            Continuous metadata, used when ``proxy`` is None.
+        classes : None
+            Ignored.
+        proxy : array-like of shape (n,) or (n, k), default=None
+            Continuous metadata; wins over ``y``.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+        """
+        if proxy is not None:
+            fit_params["proxy"] = proxy
+        return self._fit(X, y, fit_params, partial=True)
+
+
+class SimCLRPretrainer(BaseContrastivePretrainer):
+    __doc__ = f"""SimCLR contrastive pretraining on 3D volumes (the y-Aware baseline).
+
+    The same network, views and training loop as :class:`YAwarePretrainer`,
+    with the NT-Xent loss (only the other view of the same volume is a
+    positive). The loss is on the official y-Aware repository's scale
+    (``loss_view1 + loss_view2``); see :func:`~sklearn_cl3d.losses.nt_xent`.
+    ``y`` is ignored, so the estimator fits as-is inside a Pipeline.
+
+    Parameters
+    ----------
+{_COMMON_PARAMS_DOC}
+
+    Attributes
+    ----------
+{_COMMON_ATTRS_DOC}
+
+    See Also
+    --------
+    YAwarePretrainer : positives weighted by metadata.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cl3d import SimCLRPretrainer
+    >>> X = np.random.default_rng(0).normal(size=(16, 12, 12, 12))
+    >>> ssl = SimCLRPretrainer(backbone="small3d", max_epochs=1, batch_size=8,
+    ...                        random_state=0)
+    >>> ssl.fit(X).transform(X).shape
+    (16, 32)
+    """
+
+    @classmethod
+    def _default_criterion(cls):
+        return NTXentLoss

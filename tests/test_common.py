@@ -1,0 +1,45 @@
+"""scikit-learn's common estimator checks on the tabular (MLP) configuration."""
+
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_cl3d import SimCLRPretrainer, YAwarePretrainer
+
+SMALL = dict(
+    backbone="mlp",
+    backbone__hidden_dims=(8,),
+    hidden_dim=8,
+    projection_dim=4,
+    max_epochs=2,
+    batch_size=16,
+    augmentation="none",
+    random_state=0,
+)
+
+EXPECTED_FAILURES = {
+    "check_no_attributes_set_in_init": (
+        "skorch's NeuralNet.__init__ sets history_, initialized_ and "
+        "virtual_params_ (skorch design, not ours)"
+    ),
+}
+
+
+def _expected_failed_checks(estimator):
+    return EXPECTED_FAILURES
+
+
+@parametrize_with_checks(
+    [YAwarePretrainer(**SMALL), SimCLRPretrainer(**SMALL)],
+    expected_failed_checks=_expected_failed_checks,
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("cls", [YAwarePretrainer, SimCLRPretrainer])
+def test_default_constructible_with_paper_defaults(cls):
+    est = cls()
+    params = est.get_params()
+    assert params["lr"] == 1e-4 and params["weight_decay"] == 5e-5
+    assert params["backbone"] == "densenet121" and params["augmentation"] == "cutout"
+    assert params["temperature"] == 0.1 and params["device"] == "auto"
