@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 
 import numpy as np
@@ -316,17 +316,18 @@ class BaseContrastivePretrainer(
             # set_params never validates); skorch would build them right away
             self.callbacks = kwargs.pop("callbacks")
         backbone_keys = [k for k in kwargs if k.startswith("backbone__")]
-        super().set_params(
-            **{k: v for k, v in kwargs.items() if k not in backbone_keys}
-        )
         for key in backbone_keys:
-            setattr(self, key, kwargs[key])
+            setattr(self, key, kwargs.pop(key))
             self._params_to_validate.add(key)
-        if backbone_keys and getattr(self, "initialized_", False):
-            # the network no longer matches its parameters: rebuild it
-            self._initialize_module(reason="backbone parameters changed")
-            self._initialize_criterion()
-            self._initialize_optimizer()
+        rebuild = getattr(self, "initialized_", False) and "device" not in kwargs
+        # skorch re-initialises components when module/criterion params change
+        with self._on_device() if rebuild else nullcontext():
+            super().set_params(**kwargs)
+            if rebuild and backbone_keys:
+                # the network no longer matches its parameters: rebuild it
+                self._initialize_module(reason="backbone parameters changed")
+                self._initialize_criterion()
+                self._initialize_optimizer()
         return self
 
     def get_iterator(self, dataset, training=False):

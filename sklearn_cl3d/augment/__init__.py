@@ -1,0 +1,33 @@
+"""Batched tensor augmentations for contrastive views.
+
+All operations act on a floating-point batch of shape ``(B, C, *spatial)``
+(1 to 3 spatial dimensions), draw their random parameters per sample from an
+optional :class:`torch.Generator`, and return a new tensor of the same shape,
+dtype and device. :func:`make_augmentation` builds the pipelines of the
+official y-Aware code from their names.
+"""
+
+from ._presets import AUGMENTATION_PRESETS, make_augmentation
+from ._transforms import (
+    Compose,
+    Cutout,
+    Flip,
+    GaussianBlur,
+    GaussianNoise,
+    RandomApply,
+    RandomResizedCrop,
+    ZScore,
+)
+
+__all__ = [
+    "ZScore",
+    "Flip",
+    "GaussianBlur",
+    "GaussianNoise",
+    "Cutout",
+    "RandomResizedCrop",
+    "RandomApply",
+    "Compose",
+    "make_augmentation",
+    "AUGMENTATION_PRESETS",
+]

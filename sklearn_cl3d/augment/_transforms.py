@@ -1,0 +1,800 @@
+"""Batched, dimension-generic tensor augmentations.
+
+Every operation takes a floating-point tensor ``x`` of shape
+``(B, C, *spatial)`` with one, two or three spatial dimensions and returns a
+new tensor with the same shape, dtype and device; the input is never modified.
+Random parameters are drawn independently for each sample of the batch, on
+``x.device``, from the optional :class:`torch.Generator` passed as
+``generator``: the same seeded generator gives the same output.
+
+The operations mirror the augmentations of the official y-Aware code
+(``Normalize``, ``Flip``, ``Blur``, ``Noise``, ``Cutout`` and ``Crop``), but
+work on whole batches at once instead of one numpy array at a time.
+
+Random operations split their work in two public steps, which makes them easy
+to inspect and test: :meth:`sample_params` draws the per-sample parameters and
+:meth:`apply` uses them. Calling the operation does both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ZScore",
+    "Flip",
+    "GaussianBlur",
+    "GaussianNoise",
+    "Cutout",
+    "RandomResizedCrop",
+    "RandomApply",
+    "Compose",
+]
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_INTERP_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+# --------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------
+def _is_real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _check_scalar(value, name: str, *, low=None, high=None, low_open=False):
+    """Return ``value`` as a float after checking that it is a finite number."""
+    if not _is_real(value) or not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be a finite real number, got {value!r}.")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        bound = ">" if low_open else ">="
+        raise ValueError(f"`{name}` must be {bound} {low}, got {value!r}.")
+    if high is not None and value > high:
+        raise ValueError(f"`{name}` must be <= {high}, got {value!r}.")
+    return value
+
+
+def _check_range(value, name: str) -> float | tuple[float, float]:
+    """Validate a non-negative number or a ``(low, high)`` pair of them."""
+    if _is_real(value):
+        return _check_scalar(value, name, low=0.0)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = None
+    if pair is None or len(pair) != 2:
+        raise ValueError(
+            f"`{name}` must be a non-negative number or a (low, high) pair, "
+            f"got {value!r}."
+        )
+    low = _check_scalar(pair[0], name, low=0.0)
+    high = _check_scalar(pair[1], name, low=0.0)
+    if low > high:
+        raise ValueError(f"`{name}` must satisfy low <= high, got {value!r}.")
+    return (low, high)
+
+
+def _check_input(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected a torch.Tensor, got {type(x).__name__}.")
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(
+            "Expected a tensor of shape (B, C, *spatial) with 1 to 3 spatial "
+            f"dimensions, got shape {tuple(x.shape)}."
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"Expected a floating-point tensor, got dtype {x.dtype}.")
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """Working precision: half-precision inputs are processed in float32."""
+    return torch.float32 if x.dtype in _HALF_DTYPES else x.dtype
+
+
+def _uniform(n, value, generator, device) -> Tensor:
+    """Draw ``n`` values from U(low, high), or repeat a fixed value."""
+    if isinstance(value, tuple):
+        low, high = value
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float32)
+        return low + (high - low) * u
+    return torch.full((n,), value, device=device, dtype=torch.float32)
+
+
+def _box_size(spatial, fraction: float) -> tuple[int, ...]:
+    return tuple(min(n, max(1, math.ceil(fraction * n))) for n in spatial)
+
+
+def _random_starts(x: Tensor, box, generator) -> Tensor:
+    """Uniform start index of a box fully inside each spatial axis, (B, n_sp)."""
+    starts = [
+        torch.randint(0, n - b + 1, (x.shape[0],), generator=generator, device=x.device)
+        for n, b in zip(x.shape[2:], box)
+    ]
+    return torch.stack(starts, dim=1)
+
+
+def _gather_per_sample(x: Tensor, indices) -> Tensor:
+    """Index every non-batch axis of ``x`` with per-sample index vectors.
+
+    ``indices[a]`` has shape ``(B, n_a)`` (or ``(1, n_a)``) and selects the
+    ``n_a`` positions kept along axis ``a + 1`` for each sample. The result has
+    shape ``(B, n_1, ..., n_k)``; the index tensors are only broadcast, never
+    expanded to the full output size.
+    """
+    ndim = x.ndim
+    batch = torch.arange(x.shape[0], device=x.device).view(-1, *([1] * (ndim - 1)))
+    index = [batch]
+    for axis, idx in enumerate(indices, start=1):
+        shape = [idx.shape[0]] + [1] * (ndim - 1)
+        shape[axis] = idx.shape[1]
+        index.append(idx.reshape(shape))
+    return x[tuple(index)]
+
+
+def _format(value) -> str:
+    return repr(value)
+
+
+class _Op:
+    """Shared ``__repr__`` and input checks of the augmentation operations."""
+
+    _param_names: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        params = ", ".join(
+            f"{name}={_format(getattr(self, name))}" for name in self._param_names
+        )
+        return f"{type(self).__name__}({params})"
+
+
+class _RandomOp(_Op):
+    """Operation whose per-sample parameters are drawn, then applied."""
+
+    def sample_params(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw per-sample parameters and transform ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Floating-point batch with 1 to 3 spatial dimensions.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``; None uses torch's
+            default generator of that device.
+
+        Returns
+        -------
+        torch.Tensor
+            New batch, same shape, dtype and device as ``x``.
+        """
+        _check_input(x)
+        if x.shape[0] == 0:
+            return x.clone()
+        return self.apply(x, self.sample_params(x, generator=generator))
+
+
+# --------------------------------------------------------------------------
+# operations
+# --------------------------------------------------------------------------
+class ZScore(_Op):
+    """Standardise each sample to zero mean and unit standard deviation.
+
+    For each sample, the mean and the population standard deviation
+    (``ddof=0``) are taken over all of its channels and voxels, and the sample
+    becomes ``(x - mean) / (std + eps)``, as the official ``Normalize``.
+
+    Parameters
+    ----------
+    eps : float, default=1e-8
+        Non-negative constant added to the standard deviation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import ZScore
+    >>> x = 5 + 3 * torch.randn(2, 1, 8, 8, 8)
+    >>> y = ZScore()(x)
+    >>> bool(y.mean(dim=(1, 2, 3, 4)).abs().max() < 1e-4)
+    True
+    """
+
+    _param_names = ("eps",)
+
+    def __init__(self, eps: float = 1e-8):
+        self.eps = _check_scalar(eps, "eps", low=0.0)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Standardise ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Floating-point batch.
+        generator : torch.Generator or None, default=None
+            Unused; accepted for a uniform call signature.
+
+        Returns
+        -------
+        torch.Tensor
+            Standardised batch, same shape, dtype and device as ``x``.
+        """
+        _check_input(x)
+        if x.shape[0] == 0:
+            return x.clone()
+        xc = x.to(_compute_dtype(x))
+        dims = tuple(range(1, x.ndim))
+        std, mean = torch.std_mean(xc, dim=dims, correction=0, keepdim=True)
+        return ((xc - mean) / (std + self.eps)).to(x.dtype)
+
+
+class Flip(_RandomOp):
+    """Mirror each sample along one randomly chosen axis.
+
+    For each sample, one axis is drawn uniformly among the channel axis and
+    the spatial axes (official behaviour: ``np.flip`` along an axis drawn from
+    all axes of a ``(C, *spatial)`` array), and the sample is reversed along
+    it. With a single channel, a channel flip leaves the sample unchanged, so
+    each of three spatial axes is flipped with probability 1/4.
+
+    Parameters
+    ----------
+    include_channel_axis : bool, default=True
+        Whether the channel axis is one of the candidate axes. If False, the
+        axis is drawn among the spatial axes only.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import Flip
+    >>> x = torch.arange(4.0).view(1, 1, 4)
+    >>> Flip(include_channel_axis=False)(x)
+    tensor([[[3., 2., 1., 0.]]])
+    """
+
+    _param_names = ("include_channel_axis",)
+
+    def __init__(self, include_channel_axis: bool = True):
+        if not isinstance(include_channel_axis, bool):
+            raise ValueError(
+                f"`include_channel_axis` must be a bool, got {include_channel_axis!r}."
+            )
+        self.include_channel_axis = include_channel_axis
+
+    def sample_params(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw the flipped axis of each sample.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch the parameters are drawn for.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``.
+
+        Returns
+        -------
+        dict
+            ``{"dim": LongTensor of shape (B,)}``, the dimension of ``x``
+            reversed for each sample (1 is the channel axis).
+        """
+        first = 1 if self.include_channel_axis else 2
+        dim = torch.randint(
+            first, x.ndim, (x.shape[0],), generator=generator, device=x.device
+        )
+        return {"dim": dim}
+
+    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Flip each sample along ``params["dim"]``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch to flip.
+        params : dict
+            Output of :meth:`sample_params`.
+
+        Returns
+        -------
+        torch.Tensor
+            Flipped batch, same shape, dtype and device as ``x``.
+        """
+        dim = params["dim"].view(-1, 1)
+        indices = []
+        for axis in range(1, x.ndim):
+            ar = torch.arange(x.shape[axis], device=x.device)
+            indices.append(torch.where(dim == axis, ar.flip(0), ar))
+        return _gather_per_sample(x, indices)
+
+
+def _symmetric_index(n: int, pad: int, device) -> Tensor:
+    """Indices extending an axis of size ``n`` by ``pad`` on both sides.
+
+    The extension is half-sample symmetric (``d c b a | a b c d | d c b a``),
+    scipy.ndimage's ``'reflect'`` mode, repeated as often as needed.
+    """
+    pos = torch.arange(-pad, n + pad, device=device) % (2 * n)
+    return torch.where(pos >= n, 2 * n - 1 - pos, pos)
+
+
+def _gaussian_blur(x: Tensor, sigma: Tensor, truncate: float) -> Tensor:
+    """Separable Gaussian blur with one isotropic ``sigma`` per sample."""
+    dtype = _compute_dtype(x)
+    batch, channels = x.shape[:2]
+    spatial = x.shape[2:]
+    n_sp = len(spatial)
+    # the kernel is built in float64 only for float64 inputs (MPS has none)
+    kdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    sigma = sigma.to(device=x.device, dtype=kdtype)
+    radius = torch.floor(truncate * sigma + 0.5).long()
+    max_radius = int(radius.max())
+    if max_radius == 0:
+        return x.clone()
+    taps = torch.arange(-max_radius, max_radius + 1, device=x.device)
+    var = (sigma * sigma).clamp_min(torch.finfo(kdtype).tiny).view(-1, 1)
+    kernel = torch.exp(-0.5 * taps.to(kdtype) ** 2 / var)
+    kernel = kernel * (taps.abs().view(1, -1) <= radius.view(-1, 1))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(dtype)
+    # one group per (sample, channel): the batch becomes the channel axis
+    kernel = kernel.repeat_interleave(channels, dim=0)
+    conv = _CONV[n_sp]
+    out = x.to(dtype).reshape(1, batch * channels, *spatial)
+    for axis in range(n_sp):
+        dim = axis + 2
+        index = _symmetric_index(spatial[axis], max_radius, x.device)
+        padded = out.index_select(dim, index)
+        shape = [batch * channels, 1] + [1] * n_sp
+        shape[dim] = kernel.shape[1]
+        out = conv(padded, kernel.view(shape), groups=batch * channels)
+    return out.reshape(x.shape).to(x.dtype)
+
+
+class GaussianBlur(_RandomOp):
+    """Blur each sample with an isotropic Gaussian kernel of random width.
+
+    Each sample gets its own ``sigma`` (in voxels) drawn uniformly in
+    ``sigma``. The blur is a sequence of 1-D convolutions along each spatial
+    axis (never across channels) with a kernel of radius
+    ``int(truncate * sigma + 0.5)`` normalised to sum to one, and
+    half-sample symmetric boundaries. This matches
+    ``scipy.ndimage.gaussian_filter(sample, sigma=(0, s, s, s),
+    mode='reflect', truncate=truncate)``. Half-precision inputs are
+    processed in float32 and returned in their own dtype.
+
+    Parameters
+    ----------
+    sigma : float or (float, float), default=(0.1, 1.0)
+        Standard deviation of the kernel in voxels: a fixed value or the
+        ``(low, high)`` bounds of a uniform draw. Must be non-negative.
+    truncate : float, default=4.0
+        Kernel radius in units of ``sigma``. Must be positive.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import GaussianBlur
+    >>> x = torch.zeros(1, 1, 5)
+    >>> x[0, 0, 2] = 1.0
+    >>> y = GaussianBlur(sigma=1.0)(x)
+    >>> round(float(y.sum()), 4), bool(y[0, 0, 2] < 1)
+    (1.0, True)
+    """
+
+    _param_names = ("sigma", "truncate")
+
+    def __init__(self, sigma=(0.1, 1.0), truncate: float = 4.0):
+        self.sigma = _check_range(sigma, "sigma")
+        self.truncate = _check_scalar(truncate, "truncate", low=0.0, low_open=True)
+
+    def sample_params(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw the kernel width of each sample.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch the parameters are drawn for.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``.
+
+        Returns
+        -------
+        dict
+            ``{"sigma": float tensor of shape (B,)}``.
+        """
+        return {"sigma": _uniform(x.shape[0], self.sigma, generator, x.device)}
+
+    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Blur each sample with its own ``params["sigma"]``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch to blur.
+        params : dict
+            Output of :meth:`sample_params`, or any ``{"sigma": tensor}``
+            holding one non-negative width per sample.
+
+        Returns
+        -------
+        torch.Tensor
+            Blurred batch, same shape, dtype and device as ``x``.
+        """
+        return _gaussian_blur(x, params["sigma"], self.truncate)
+
+
+class GaussianNoise(_RandomOp):
+    """Add white Gaussian noise with a random standard deviation per sample.
+
+    Parameters
+    ----------
+    std : float or (float, float), default=(0.1, 1.0)
+        Standard deviation of the noise: a fixed value or the ``(low, high)``
+        bounds of a uniform draw, one per sample. Must be non-negative.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import GaussianNoise
+    >>> x = torch.zeros(2, 1, 32, 32, 32)
+    >>> y = GaussianNoise(std=0.5)(x, generator=torch.Generator().manual_seed(0))
+    >>> round(float(y.std()), 1)
+    0.5
+    """
+
+    _param_names = ("std",)
+
+    def __init__(self, std=(0.1, 1.0)):
+        self.std = _check_range(std, "std")
+
+    def sample_params(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw the noise level and a standard normal field for each sample.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch the parameters are drawn for.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``.
+
+        Returns
+        -------
+        dict
+            ``{"std": tensor of shape (B,), "noise": tensor shaped like x}``,
+            where ``noise`` is standard normal.
+        """
+        std = _uniform(x.shape[0], self.std, generator, x.device)
+        noise = torch.randn(
+            x.shape, generator=generator, device=x.device, dtype=_compute_dtype(x)
+        )
+        return {"std": std, "noise": noise}
+
+    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Return ``x + std * noise`` with the per-sample ``std``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch to corrupt.
+        params : dict
+            Output of :meth:`sample_params`.
+
+        Returns
+        -------
+        torch.Tensor
+            Noisy batch, same shape, dtype and device as ``x``.
+        """
+        noise = params["noise"]
+        std = params["std"].to(noise.dtype).view(-1, *([1] * (x.ndim - 1)))
+        return (x.to(noise.dtype) + std * noise).to(x.dtype)
+
+
+class Cutout(_RandomOp):
+    """Set one random box of each sample to a constant value.
+
+    The box spans ``ceil(fraction * size)`` voxels along each spatial axis
+    and all channels. Its position is uniform, with the box fully inside the
+    sample (the official ``Cutout`` with ``patch_size = ceil(shape / 4)``).
+
+    Parameters
+    ----------
+    fraction : float, default=0.25
+        Box size as a fraction of each spatial size, in (0, 1].
+    value : float, default=0.0
+        Value written inside the box (0 is the mean after :class:`ZScore`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import Cutout
+    >>> x = torch.ones(2, 1, 8, 8, 8)
+    >>> y = Cutout(fraction=0.25)(x, generator=torch.Generator().manual_seed(0))
+    >>> int((y == 0).sum())  # 2 samples x a 2 x 2 x 2 box
+    16
+    """
+
+    _param_names = ("fraction", "value")
+
+    def __init__(self, fraction: float = 0.25, value: float = 0.0):
+        self.fraction = _check_scalar(
+            fraction, "fraction", low=0.0, high=1.0, low_open=True
+        )
+        self.value = _check_scalar(value, "value")
+
+    def sample_params(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw the box position of each sample.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch the parameters are drawn for.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``.
+
+        Returns
+        -------
+        dict
+            ``{"start": LongTensor of shape (B, n_spatial)}``, the first
+            voxel of the box along each spatial axis.
+        """
+        box = _box_size(x.shape[2:], self.fraction)
+        return {"start": _random_starts(x, box, generator)}
+
+    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Fill the box of each sample with ``value``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch to modify (not in place).
+        params : dict
+            Output of :meth:`sample_params`.
+
+        Returns
+        -------
+        torch.Tensor
+            Batch with the boxes filled, same shape, dtype and device as ``x``.
+        """
+        spatial = x.shape[2:]
+        box = _box_size(spatial, self.fraction)
+        start = params["start"]
+        n_sp = len(spatial)
+        mask = None
+        for axis, (n, b) in enumerate(zip(spatial, box)):
+            ar = torch.arange(n, device=x.device).view(1, -1)
+            s = start[:, axis : axis + 1]
+            inside = (ar >= s) & (ar < s + b)
+            shape = [x.shape[0], 1] + [1] * n_sp
+            shape[axis + 2] = n
+            inside = inside.view(shape)
+            mask = inside if mask is None else mask & inside
+        return x.masked_fill(mask, self.value)
+
+
+class RandomResizedCrop(_RandomOp):
+    """Crop a random box of each sample and resize it back to full size.
+
+    The box spans ``ceil(fraction * size)`` voxels along each spatial axis
+    (all channels) at a uniform position fully inside the sample. The crop is
+    resized to the original spatial size by (bi/tri)linear interpolation with
+    ``align_corners=False``. This is the official random ``Crop`` with
+    ``resize=True``. Half-precision inputs are interpolated in float32.
+
+    Parameters
+    ----------
+    fraction : float, default=0.75
+        Box size as a fraction of each spatial size, in (0, 1].
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import RandomResizedCrop
+    >>> x = torch.randn(2, 1, 8, 8, 8)
+    >>> y = RandomResizedCrop(0.5)(x, generator=torch.Generator().manual_seed(0))
+    >>> y.shape
+    torch.Size([2, 1, 8, 8, 8])
+    """
+
+    _param_names = ("fraction",)
+
+    def __init__(self, fraction: float = 0.75):
+        self.fraction = _check_scalar(
+            fraction, "fraction", low=0.0, high=1.0, low_open=True
+        )
+
+    def sample_params(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw the crop position of each sample.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch the parameters are drawn for.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``.
+
+        Returns
+        -------
+        dict
+            ``{"start": LongTensor of shape (B, n_spatial)}``, the first
+            voxel of the crop along each spatial axis.
+        """
+        box = _box_size(x.shape[2:], self.fraction)
+        return {"start": _random_starts(x, box, generator)}
+
+    def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Crop each sample at ``params["start"]`` and resize it back.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch to crop.
+        params : dict
+            Output of :meth:`sample_params`.
+
+        Returns
+        -------
+        torch.Tensor
+            Cropped and resized batch, same shape, dtype and device as ``x``.
+        """
+        spatial = tuple(x.shape[2:])
+        box = _box_size(spatial, self.fraction)
+        start = params["start"]
+        indices = [torch.arange(x.shape[1], device=x.device).view(1, -1)]
+        for axis, b in enumerate(box):
+            ar = torch.arange(b, device=x.device).view(1, -1)
+            indices.append(start[:, axis : axis + 1] + ar)
+        crop = _gather_per_sample(x, indices).to(_compute_dtype(x))
+        out = F.interpolate(
+            crop, size=spatial, mode=_INTERP_MODES[len(spatial)], align_corners=False
+        )
+        return out.to(x.dtype)
+
+
+class RandomApply(_Op):
+    """Apply an operation to a random subset of the batch.
+
+    Each sample independently gets ``op`` with probability ``p``. The chosen
+    samples are gathered into a sub-batch, transformed together, and written
+    back into a copy of the input; the others are returned unchanged.
+
+    Parameters
+    ----------
+    op : callable
+        Operation called as ``op(sub_batch, generator=generator)``.
+    p : float, default=0.5
+        Probability, in [0, 1], that a sample is transformed. With ``p=1``
+        the whole batch goes through ``op`` (no selection is drawn); with
+        ``p=0`` a copy of the input is returned.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import Cutout, RandomApply
+    >>> x = torch.ones(100, 1, 4, 4)
+    >>> y = RandomApply(Cutout(), p=0.5)(x, generator=torch.Generator().manual_seed(0))
+    >>> n_changed = int((y != x).flatten(1).any(dim=1).sum())
+    >>> 30 < n_changed < 70
+    True
+    """
+
+    _param_names = ("op", "p")
+
+    def __init__(self, op: Callable, p: float = 0.5):
+        if not callable(op):
+            raise ValueError(f"`op` must be callable, got {op!r}.")
+        self.op = op
+        self.p = _check_scalar(p, "p", low=0.0, high=1.0)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Apply ``op`` to each sample with probability ``p``.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Floating-point batch.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``; also passed to
+            ``op``.
+
+        Returns
+        -------
+        torch.Tensor
+            New batch, same shape, dtype and device as ``x``.
+        """
+        _check_input(x)
+        if self.p == 1.0:
+            return self.op(x, generator=generator)
+        out = x.clone()
+        if self.p == 0.0 or x.shape[0] == 0:
+            return out
+        chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < self.p
+        if not bool(chosen.any()):
+            return out
+        out[chosen] = self.op(x[chosen], generator=generator).to(x.dtype)
+        return out
+
+
+class Compose(_Op):
+    """Chain operations, applied in order.
+
+    Parameters
+    ----------
+    ops : iterable of callable
+        Operations, each called as ``op(x, generator=generator)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.augment import Compose, Cutout, Flip, RandomApply
+    >>> aug = Compose([RandomApply(Flip(), p=0.5), Cutout()])
+    >>> x = torch.randn(2, 1, 8, 8, 8)
+    >>> aug(x, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([2, 1, 8, 8, 8])
+    """
+
+    def __init__(self, ops: Iterable[Callable]):
+        try:
+            ops = list(ops)
+        except TypeError:
+            raise ValueError(
+                f"`ops` must be an iterable of callables, got {ops!r}."
+            ) from None
+        for op in ops:
+            if not callable(op):
+                raise ValueError(f"`ops` must contain callables only, got {op!r}.")
+        self.ops = ops
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Apply every operation in turn.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Floating-point batch.
+        generator : torch.Generator or None, default=None
+            Source of randomness, passed to every operation.
+
+        Returns
+        -------
+        torch.Tensor
+            Transformed batch (a new tensor, even when ``ops`` is empty).
+        """
+        _check_input(x)
+        out = x
+        for op in self.ops:
+            out = op(out, generator=generator)
+        return out.clone() if out is x else out
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __getitem__(self, index):
+        return self.ops[index]
+
+    def __repr__(self) -> str:
+        if not self.ops:
+            return "Compose([])"
+        inner = "".join(f"\n    {op!r}," for op in self.ops)
+        return f"Compose([{inner}\n])"
