@@ -8,7 +8,6 @@ module only says which criterion to build and which metadata it consumes.
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 
@@ -413,15 +412,7 @@ class BaseContrastivePretrainer(
                 self.__dict__.pop("_aug_generator", None)
                 self.initialize()
             NeuralNet.partial_fit(self, X, meta, **fit_params)
-        self._check_trained()
         return self
-
-    def _check_trained(self):
-        losses = [v for v in self.history[:, "train_loss"] if v is not None]
-        if losses and not math.isfinite(losses[-1]):
-            raise FloatingPointError(
-                f"Training ended with a non-finite loss ({losses[-1]})."
-            )
 
     def fit(self, X, y=None, **fit_params):
         """Pretrain the network on X (see the class docstring).
