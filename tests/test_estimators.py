@@ -357,3 +357,16 @@ def test_nan_loss_stops_with_epoch_and_batch():
     )
     with pytest.raises(FloatingPointError, match=r"epoch 1, batch 1"):
         est.fit(X)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a CPU-only loader")
+def test_unpickling_a_cuda_fitted_estimator_on_cpu(data):
+    X, age, _ = data
+    est = YAwarePretrainer(**{**TINY, "device": "cpu"}).fit(X, age)
+    state = est.__getstate__()
+    state["device"] = "cuda"  # as if it had been fitted on a GPU machine
+    loaded = YAwarePretrainer.__new__(YAwarePretrainer)
+    with pytest.warns(UserWarning, match="CUDA"):
+        loaded.__setstate__(state)
+    assert loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.transform(X), est.transform(X))

@@ -249,11 +249,12 @@ class BaseContrastivePretrainer(
         requested = state.get("device")
         if requested == "auto":
             state["device"] = resolve_device("auto")
+        # skorch maps CUDA tensors to the CPU when CUDA is missing here
         super().__setstate__(state)
+        if "device_" in self.__dict__:
+            self.device_ = str(self.__dict__["device"])
         if requested == "auto":
             self.__dict__["device"] = "auto"
-        if "device_" in self.__dict__:
-            self.device_ = resolve_device(requested)
 
     # ------------------------------------------------------- components
 
