@@ -13,7 +13,7 @@ __all__ = ["YAwareLoss", "yaware_infonce"]
 def yaware_infonce(
     z_i, z_j, y, sigma=5.0, temperature=0.1, kernel="rbf", normalization="official"
 ):
-    r"""y-Aware InfoNCE: positives weighted by a kernel on continuous metadata.
+    """y-Aware InfoNCE: positives weighted by a kernel on continuous metadata.
 
     The metadata of both views are stacked (``[y; y]``), the kernel matrix
     ``K_ab = k(y_a, y_b)`` (``exp(-||y_a - y_b||^2 / (2 sigma^2))`` by default)
