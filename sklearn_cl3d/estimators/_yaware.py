@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from numbers import Real
 
-import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..data import check_metadata
@@ -149,51 +148,9 @@ callable, default="rbf"
         "normalization": [StrOptions(set(NORMALIZATIONS))],
     }
 
-    def __init__(
-        self,
-        *,
-        sigma=5.0,
-        kernel="rbf",
-        normalization="official",
-        backbone="densenet121",
-        hidden_dim=512,
-        projection_dim=128,
-        feature_layer="backbone",
-        augmentation="cutout",
-        normalize="zscore",
-        temperature=0.1,
-        optimizer=torch.optim.Adam,
-        lr=1e-4,
-        weight_decay=5e-5,
-        max_epochs=100,
-        batch_size=64,
-        device="auto",
-        random_state=None,
-        verbose=0,
-        train_split=None,
-        callbacks=None,
-        **kwargs,
-    ):
-        super().__init__(
-            backbone=backbone,
-            hidden_dim=hidden_dim,
-            projection_dim=projection_dim,
-            feature_layer=feature_layer,
-            augmentation=augmentation,
-            normalize=normalize,
-            temperature=temperature,
-            optimizer=optimizer,
-            lr=lr,
-            weight_decay=weight_decay,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            device=device,
-            random_state=random_state,
-            verbose=verbose,
-            train_split=train_split,
-            callbacks=callbacks,
-            **kwargs,
-        )
+    def __init__(self, *, sigma=5.0, kernel="rbf", normalization="official", **kwargs):
+        # the shared parameters (backbone, lr, ...) are the base class's
+        super().__init__(**kwargs)
         self.sigma = sigma
         self.kernel = kernel
         self.normalization = normalization
