@@ -1,5 +1,35 @@
-"""Input handling: validation of volumes, features and metadata."""
+"""Input handling: arrays, image files and images, lazy datasets,
+preprocessing transformers, and validation."""
 
-from ._validation import check_metadata, check_volumes
+from ._dataset import VolumeDataset, as_volume_dataset, is_volume_collection
+from ._io import SUPPORTED_EXTENSIONS, load_volume
+from ._nrrd import read_nrrd
+from ._preprocessing import (
+    CropOrPad,
+    HUWindow,
+    IntensityZScore,
+    PreprocessingChain,
+    ReorientToRAS,
+    Resample,
+    make_preprocessing,
+)
+from ._validation import check_input_shape, check_metadata, check_volumes
 
-__all__ = ["check_metadata", "check_volumes"]
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "CropOrPad",
+    "HUWindow",
+    "IntensityZScore",
+    "PreprocessingChain",
+    "ReorientToRAS",
+    "Resample",
+    "VolumeDataset",
+    "as_volume_dataset",
+    "check_input_shape",
+    "check_metadata",
+    "check_volumes",
+    "is_volume_collection",
+    "load_volume",
+    "make_preprocessing",
+    "read_nrrd",
+]

@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
-__all__ = ["check_metadata", "check_volumes"]
+__all__ = ["check_input_shape", "check_metadata", "check_volumes"]
 
 _X_SHAPES = (
     "X must be a 2-D array (n_samples, n_features) of tabular features, a 4-D "
@@ -75,23 +75,45 @@ def check_volumes(estimator, X, *, reset):
             # a volume estimator has no tabular features to count
             if hasattr(estimator, "n_features_in_"):
                 del estimator.n_features_in_
-    shape = tuple(int(s) for s in X.shape[1:])
+    check_input_shape(estimator, tuple(int(s) for s in X.shape[1:]), reset=reset)
+    return X
+
+
+def check_input_shape(estimator, shape, *, reset):
+    """Record (``reset=True``) or check the per-sample input shape.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        Gets ``input_shape_`` when ``reset``; otherwise its ``input_shape_``
+        is compared with ``shape``.
+    shape : tuple of int
+        Per-sample shape: (C, D, H, W) for volumes, (F,) for features.
+    reset : bool
+        True in ``fit``, False in ``transform``.
+
+    Examples
+    --------
+    >>> from sklearn.base import BaseEstimator
+    >>> est = BaseEstimator()
+    >>> check_input_shape(est, (1, 8, 8, 8), reset=True)
+    >>> check_input_shape(est, (1, 9, 9, 9), reset=False)  # spatial size may vary
+    """
     if reset:
         estimator.input_shape_ = shape
-    else:
-        fitted = estimator.input_shape_
-        if len(fitted) != len(shape):
-            kind = "volumes" if len(fitted) == 4 else "tabular features"
-            raise ValueError(
-                f"X must have the same kind of input as in fit ({kind} of "
-                f"per-sample shape {fitted}); got per-sample shape {shape}."
-            )
-        if len(shape) == 4 and shape[0] != fitted[0]:
-            raise ValueError(
-                f"X has {shape[0]} channel(s), but the estimator was fitted on "
-                f"{fitted[0]} channel(s)."
-            )
-    return X
+        return
+    fitted = estimator.input_shape_
+    if len(fitted) != len(shape):
+        kind = "volumes" if len(fitted) == 4 else "tabular features"
+        raise ValueError(
+            f"X must have the same kind of input as in fit ({kind} of "
+            f"per-sample shape {fitted}); got per-sample shape {shape}."
+        )
+    if len(shape) == 4 and shape[0] != fitted[0]:
+        raise ValueError(
+            f"X has {shape[0]} channel(s), but the estimator was fitted on "
+            f"{fitted[0]} channel(s)."
+        )
 
 
 def check_metadata(y, n_samples, *, name="y"):

@@ -28,7 +28,13 @@ from skorch.utils import to_tensor
 
 from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
 from ..callbacks import StopOnNonFiniteLoss
-from ..data import check_volumes
+from ..data import (
+    VolumeDataset,
+    as_volume_dataset,
+    check_input_shape,
+    check_volumes,
+    is_volume_collection,
+)
 from ..nn import BACKBONES, ContrastiveModel, ProjectionHead, build_backbone
 
 __all__ = ["BaseContrastivePretrainer", "resolve_device"]
@@ -109,6 +115,7 @@ class BaseContrastivePretrainer(
         "feature_layer": [StrOptions(set(FEATURE_LAYERS))],
         "augmentation": [StrOptions(set(AUGMENTATION_PRESETS)), callable, None],
         "normalize": [StrOptions({"zscore"}), None],
+        "cache": ["boolean"],
         "temperature": [Interval(Real, 0, None, closed="neither")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -128,6 +135,8 @@ class BaseContrastivePretrainer(
         feature_layer="backbone",
         augmentation="cutout",
         normalize="zscore",
+        preprocessing=None,
+        cache=False,
         temperature=0.1,
         optimizer=torch.optim.Adam,
         lr=1e-4,
@@ -160,6 +169,8 @@ class BaseContrastivePretrainer(
         self.feature_layer = feature_layer
         self.augmentation = augmentation
         self.normalize = normalize
+        self.preprocessing = preprocessing
+        self.cache = cache
         self.temperature = temperature
         self.weight_decay = weight_decay
         self.random_state = random_state
@@ -392,17 +403,38 @@ class BaseContrastivePretrainer(
 
     # ------------------------------------------------------ public API
 
-    def _metadata(self, X, y, fit_params):
+    def _metadata(self, n_samples, y, fit_params):
         """Return the metadata the criterion consumes (None if unused)."""
         return None
+
+    def _lazy(self, X):
+        return (
+            isinstance(X, VolumeDataset)
+            or is_volume_collection(X)
+            or self.preprocessing is not None
+        )
+
+    def _as_dataset(self, X, y, *, reset):
+        """Files, images or preprocessed arrays as a lazy :class:`VolumeDataset`."""
+        ds = as_volume_dataset(
+            X, y=y, preprocessing=self.preprocessing, cache=self.cache
+        )
+        if reset and hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+        check_input_shape(self, tuple(ds.sample_shape), reset=reset)
+        return ds
 
     def _fit(self, X, y, fit_params, *, partial):
         self._check_params()
         reset = not (partial or self.warm_start) or not getattr(
             self, "initialized_", False
         )
-        X = check_volumes(self, X, reset=reset)
-        meta = self._metadata(X, y, fit_params)
+        if self._lazy(X):
+            meta = self._metadata(len(X), y, fit_params)
+            X, target = self._as_dataset(X, meta, reset=reset), None
+        else:
+            X = check_volumes(self, X, reset=reset)
+            target = meta = self._metadata(X.shape[0], y, fit_params)
         if reset:
             rng = check_random_state(self.random_state)
             self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
@@ -412,7 +444,7 @@ class BaseContrastivePretrainer(
             if reset:
                 self.__dict__.pop("_aug_generator", None)
                 self.initialize()
-            NeuralNet.partial_fit(self, X, meta, **fit_params)
+            NeuralNet.partial_fit(self, X, target, **fit_params)
         return self
 
     def fit(self, X, y=None, **fit_params):
@@ -420,7 +452,7 @@ class BaseContrastivePretrainer(
 
         Parameters
         ----------
-        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F)
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F), or list
             Volumes, or tabular features for the MLP backbone.
         y : array-like of shape (n,) or (n, k), default=None
             Metadata for methods that use it; ignored otherwise.
@@ -439,7 +471,7 @@ class BaseContrastivePretrainer(
 
         Parameters
         ----------
-        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F)
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F), or list
             Volumes or tabular features, same kind as in earlier calls.
         y : array-like of shape (n,) or (n, k), default=None
             Metadata for methods that use it.
@@ -459,7 +491,7 @@ class BaseContrastivePretrainer(
 
         Parameters
         ----------
-        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F)
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F), or list
             Same kind of input as in ``fit``.
 
         Returns
@@ -470,7 +502,10 @@ class BaseContrastivePretrainer(
             (``"hidden"``) or the projection (``"projection"``).
         """
         self.check_is_fitted()
-        X = check_volumes(self, X, reset=False)
+        if self._lazy(X):
+            X = self._as_dataset(X, None, reset=False)
+        else:
+            X = check_volumes(self, X, reset=False)
         with self._on_device():
             out = [
                 f.numpy() for f in self.forward_iter(X, training=False, device="cpu")

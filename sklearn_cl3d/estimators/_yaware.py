@@ -38,6 +38,15 @@ default="cutout"
     normalize : {"zscore"} or None, default="zscore"
         Per-sample z-scoring before augmentation, in ``fit`` and
         ``transform`` (the official pipeline's first step).
+    preprocessing : list of transformers, Pipeline or None, default=None
+        Preprocessing run inside the lazy loader on every volume (e.g.
+        ``[ReorientToRAS(), Resample((2, 2, 2)), CropOrPad((96, 96, 96))]``
+        from :mod:`sklearn_cl3d.data`). X may then also be an array.
+    cache : bool, default=False
+        Keep loaded (and preprocessed) volumes in memory after their first
+        use; for cohorts that fit in RAM. Without it, files are read lazily
+        per batch, so memory stays bounded. Use
+        ``iterator_train__num_workers=k`` to load with DataLoader workers.
     temperature : float, default=0.1
         Softmax temperature of the loss, > 0.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -167,7 +176,7 @@ callable, default="rbf"
             "normalization": self.normalization,
         }
 
-    def _metadata(self, X, y, fit_params):
+    def _metadata(self, n_samples, y, fit_params):
         proxy = fit_params.pop("proxy", None)
         meta = proxy if proxy is not None else y
         if meta is None:
@@ -178,7 +187,7 @@ callable, default="rbf"
                 "Pipeline)."
             )
         return check_metadata(
-            meta, X.shape[0], name="proxy" if proxy is not None else "y"
+            meta, n_samples, name="proxy" if proxy is not None else "y"
         )
 
     def fit(self, X, y=None, proxy=None, **fit_params):
@@ -186,8 +195,10 @@ callable, default="rbf"
 
         Parameters
         ----------
-        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F)
-            Volumes, or tabular features for the MLP backbone.
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F), or list
+            Volumes, tabular features for the MLP backbone, or a list of
+            paths (``.nii``, ``.nii.gz``, ``.nrrd``, ``.npy``) or nibabel
+            images, loaded lazily.
         y : array-like of shape (n,) or (n, k), default=None
             Continuous metadata (e.g. age), used when ``proxy`` is None.
         proxy : array-like of shape (n,) or (n, k), default=None
@@ -210,7 +221,7 @@ callable, default="rbf"
 
         Parameters
         ----------
-        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F)
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F), or list
             Same kind of input as in earlier calls.
         y : array-like of shape (n,) or (n, k), default=None
             Continuous metadata, used when ``proxy`` is None.
