@@ -1,0 +1,598 @@
+"""Synthetic chest CT cohort with regional emphysema, and a loader for real
+chest CT stored as NIfTI.
+
+:func:`make_lung_cohort` draws simple but CT-like chest phantoms in Hounsfield
+units (body, fat, spine, two lungs, branching airways and vessels) with
+low-attenuation clusters whose regional extent is the regression target.
+:func:`load_chest_ct` reads the user's own scans.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+from scipy import ndimage as ndi
+from sklearn.utils import Bunch, check_random_state
+
+__all__ = ["load_chest_ct", "make_lung_cohort"]
+
+#: Anatomy is designed for a cubic field of view of this size (mm) and scaled
+#: to the actual field of view ``shape * spacing``.
+_NOMINAL_FOV_MM = 320.0
+REGIONS = (
+    "right_upper",
+    "right_middle",
+    "right_lower",
+    "left_upper",
+    "left_middle",
+    "left_lower",
+)
+_HU_AIR = -1000.0
+_HU_FAT = -100.0
+_HU_SOFT = 40.0
+_HU_BONE = 400.0
+_HU_BLOOD = 40.0
+_HU_AIRWAY_WALL = 0.0
+NOISE_HU = 15.0
+#: Gaussian blur (voxels) standing for the reconstruction kernel.
+_RECON_BLUR_VOXELS = 0.5
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _rotate(vector, axis, angle):
+    """Rodrigues rotation of ``vector`` about unit ``axis`` by ``angle`` rad."""
+    return (
+        vector * np.cos(angle)
+        + np.cross(axis, vector) * np.sin(angle)
+        + axis * np.dot(axis, vector) * (1.0 - np.cos(angle))
+    )
+
+
+class _Canvas:
+    """Voxel grid in nominal millimetres, with tube rendering."""
+
+    def __init__(self, shape, spacing):
+        self.shape = tuple(shape)
+        spacing = np.asarray(spacing, dtype=np.float64)
+        fov = spacing * np.asarray(shape)
+        self.factor = fov / _NOMINAL_FOV_MM  # physical mm per nominal mm
+        self.step = spacing / self.factor  # voxel size in nominal mm
+        self.axes = [
+            ((np.arange(n) - (n - 1) / 2.0) * s).astype(np.float32)
+            for n, s in zip(shape, self.step)
+        ]
+        self.x, self.y, self.z = np.meshgrid(*self.axes, indexing="ij", sparse=True)
+        # Partial-volume width of tube edges: one voxel.
+        self.edge = float(np.mean(self.step))
+
+    def _box(self, p0, p1, reach):
+        lo = np.minimum(p0, p1) - reach
+        hi = np.maximum(p0, p1) + reach
+        box = []
+        for k in range(3):
+            a = self.axes[k]
+            i0 = int(np.searchsorted(a, lo[k]))
+            i1 = int(np.searchsorted(a, hi[k], side="right"))
+            if i1 <= i0:
+                return None
+            box.append(slice(i0, i1))
+        return tuple(box)
+
+    def tube(self, p0, p1, radius, box=None):
+        """Occupancy in [0, 1] of a cylinder with round caps, in its box."""
+        if box is None:
+            box = self._box(p0, p1, radius + 2 * self.edge)
+            if box is None:
+                return None, None
+        x = self.axes[0][box[0]][:, None, None] - p0[0]
+        y = self.axes[1][box[1]][None, :, None] - p0[1]
+        z = self.axes[2][box[2]][None, None, :] - p0[2]
+        d = p1 - p0
+        length2 = float(d @ d)
+        t = np.clip((x * d[0] + y * d[1] + z * d[2]) / max(length2, 1e-9), 0.0, 1.0)
+        dist = np.sqrt((x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (z - t * d[2]) ** 2)
+        return box, np.clip((radius - dist) / self.edge + 0.5, 0.0, 1.0)
+
+
+def _branches(rng, start, direction, length, radius, depth, taper):
+    """Segments ``(p0, p1, radius)`` of a randomly bifurcating tree."""
+    segments = []
+    stack = [(np.asarray(start, float), _unit(direction), length, radius, depth)]
+    while stack:
+        p0, d, length, radius, depth = stack.pop()
+        p1 = p0 + d * length
+        segments.append((p0, p1, radius))
+        if depth == 0 or radius * taper < 0.6:
+            continue
+        perp = _unit(np.cross(d, rng.standard_normal(3)))
+        for sign in (1.0, -1.0):
+            angle = sign * np.deg2rad(rng.uniform(22.0, 42.0))
+            child = _unit(_rotate(d, perp, angle) + 0.15 * rng.standard_normal(3))
+            stack.append(
+                (p1, child, length * rng.uniform(0.7, 0.85), radius * taper, depth - 1)
+            )
+    return segments
+
+
+def _subject(canvas, rng):
+    """One chest phantom: HU volume, lung mask and emphysema fractions."""
+    x, y, z = canvas.x, canvas.y, canvas.z
+    shape = canvas.shape
+
+    # Body: elliptic cylinder with subcutaneous fat, spine.
+    ax = 150.0 * rng.uniform(0.9, 1.06)
+    ay = 105.0 * rng.uniform(0.9, 1.1)
+    by = rng.uniform(-10.0, 0.0)
+    fat = rng.uniform(6.0, 25.0)
+    body = (x / ax) ** 2 + ((y - by) / ay) ** 2 < 1.0
+    body = np.broadcast_to(body, shape)
+    inner = (x / (ax - fat)) ** 2 + ((y - by) / (ay - fat)) ** 2 < 1.0
+    inner = np.broadcast_to(inner, shape)
+    volume = np.full(shape, _HU_AIR, dtype=np.float32)
+    volume[body] = _HU_FAT + rng.normal(0.0, 5.0)
+    volume[inner] = _HU_SOFT + rng.normal(0.0, 5.0)
+    spine_y = by - ay + fat + 45.0
+    vertebra = np.broadcast_to(x**2 + (y - spine_y) ** 2 < 22.0**2, shape)
+    canal = np.broadcast_to(x**2 + (y - spine_y + 30.0) ** 2 < 9.0**2, shape)
+    volume[vertebra] = _HU_BONE + rng.normal(0.0, 30.0)
+    volume[canal] = 20.0
+
+    # Lungs: tapered elliptic cross-sections above a diaphragm dome, minus
+    # the heart and the mediastinum.
+    scale = rng.uniform(0.88, 1.05)
+    z_top = 115.0 * scale
+    heart_c = np.array([-25.0, by + 25.0, -45.0]) + rng.normal(0.0, 5.0, 3)
+    heart_r = np.array([65.0, 55.0, 55.0]) * rng.uniform(0.9, 1.1)
+    heart = (
+        ((x - heart_c[0]) / heart_r[0]) ** 2
+        + ((y - heart_c[1]) / heart_r[1]) ** 2
+        + ((z - heart_c[2]) / heart_r[2]) ** 2
+    ) < 1.0
+    rib_cage = (x / (ax - fat - 15.0)) ** 2 + ((y - by) / (ay - fat - 15.0)) ** 2 < 1.0
+    lungs = []
+    for side in (1.0, -1.0):  # right (+x), then left
+        cx, cy = side * 0.45 * ax, by - 5.0
+        rx, ry = 0.36 * ax * scale, 0.68 * ay * scale
+        z_bot = (-95.0 + (10.0 if side > 0 else 0.0)) * scale
+        t = np.clip((z_top - z) / (z_top - z_bot), 0.0, None)
+        taper = np.sqrt(np.clip(t / 0.35, 1e-6, 1.0))
+        q = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
+        lung = (q < taper**2) & (z < z_top) & (z > z_bot + 45.0 * (1.0 - q))
+        lung &= rib_cage & ~heart & (side * x > 14.0)
+        lungs.append(lung)
+    lung_r, lung_l = lungs
+    lung = lung_r | lung_l
+
+    # Parenchyma: subject-specific density, gravity gradient, fine texture.
+    base = rng.uniform(-875.0, -830.0)
+    gravity = -20.0 * np.clip((y - by) / ay, -1.0, 1.0)  # denser posteriorly
+    texture = ndi.gaussian_filter(rng.standard_normal(shape), 1.0) * 25.0
+    parenchyma_hu = base + gravity + texture
+    volume[lung] = np.broadcast_to(parenchyma_hu, shape)[lung]
+
+    # Airways and vessels.
+    structures = np.zeros(shape, dtype=np.float32)
+    lung_f = lung.astype(np.float32)
+    z_carina = 45.0 * scale
+    carina = np.array([0.0, by + 10.0, z_carina])
+    trachea = (np.array([0.0, by + 15.0, z_top + 60.0]), carina, 9.0)
+    airway_segments = [(trachea, False)]
+    vessel_segments = []
+    for side in (1.0, -1.0):
+        hilum = np.array(
+            [side * 38.0, by + 5.0, z_carina - (20.0 if side > 0 else 30.0)]
+        )
+        airway_segments.append(((carina, hilum, 6.5 if side > 0 else 5.5), False))
+        lobes = (
+            ((side * 0.4, 0.1, 1.0), 35.0),
+            ((side * 1.0, 0.2, -0.1), 30.0),
+            ((side * 0.3, -0.2, -1.0), 45.0),
+        )
+        for direction, length in lobes:
+            for seg in _branches(rng, hilum, direction, length, 4.5, 4, 0.72):
+                airway_segments.append((seg, True))
+            jitter = np.asarray(direction) + 0.2 * rng.standard_normal(3)
+            for seg in _branches(
+                rng, hilum + (0.0, 8.0, 5.0), jitter, length * 1.1, 5.0, 5, 0.7
+            ):
+                vessel_segments.append(seg)
+    for p0, p1, radius in vessel_segments:
+        box, occ = canvas.tube(p0, p1, radius)
+        if box is None:
+            continue
+        occ = occ * lung_f[box]
+        volume[box] += occ * (_HU_BLOOD - volume[box])
+        structures[box] = np.maximum(structures[box], occ)
+    for (p0, p1, radius), clipped in airway_segments:
+        wall = max(0.2 * radius, 0.8)
+        box, outer = canvas.tube(p0, p1, radius + wall)
+        if box is None:
+            continue
+        _, lumen = canvas.tube(p0, p1, radius, box=box)
+        if clipped:
+            outer = outer * lung_f[box]
+            lumen = lumen * lung_f[box]
+        volume[box] += outer * (_HU_AIRWAY_WALL - volume[box])
+        volume[box] += lumen * (_HU_AIR - volume[box])
+        structures[box] = np.maximum(structures[box], outer)
+
+    # Emphysema: low-attenuation clusters with a regional pattern.
+    phenotype = rng.choice(3, p=(0.6, 0.25, 0.15))
+    pattern = ((3.0, 1.5, 0.5), (0.5, 1.5, 3.0), (1.0, 1.0, 1.0))[phenotype]
+    if rng.random() < 0.3:
+        severity = rng.uniform(0.0, 0.01)
+    else:
+        severity = 0.6 * rng.beta(1.2, 5.0)
+    cluster_mm = (5.0, 9.0, 7.0)[phenotype]
+    field = ndi.gaussian_filter(
+        rng.standard_normal(shape), cluster_mm / canvas.step, mode="wrap"
+    )
+    parenchyma = lung & (structures < 0.5)
+    regions = []
+    for side_mask in (lung_r, lung_l):
+        zs = np.nonzero(side_mask.any(axis=(0, 1)))[0]
+        cuts = np.linspace(zs.min(), zs.max() + 1, 4) if zs.size else np.zeros(4)
+        zi = np.arange(shape[2])
+        for k in range(3):  # upper, middle, lower
+            in_band = (zi >= cuts[2 - k]) & (zi < cuts[3 - k])
+            regions.append(side_mask & in_band[None, None, :])
+    side_gain = np.exp(rng.normal(0.0, 0.3, size=2))
+    weights = np.array(
+        [pattern[k] * side_gain[s] for s in range(2) for k in range(3)]
+    ) * np.exp(rng.normal(0.0, 0.3, size=6))
+    sizes = np.array([r.sum() for r in regions], dtype=np.float64)
+    mean_weight = (weights * sizes).sum() / max(sizes.sum(), 1.0)
+    wanted = np.clip(severity * weights / max(mean_weight, 1e-12), 0.0, 0.85)
+    emphysema = np.zeros(shape, dtype=bool)
+    for region, frac, size in zip(regions, wanted, sizes):
+        candidates = np.flatnonzero(region & parenchyma)
+        n_emph = min(int(round(frac * size)), candidates.size)
+        if n_emph == 0:
+            continue
+        values = field.reshape(-1)[candidates]
+        chosen = candidates[np.argpartition(-values, n_emph - 1)[:n_emph]]
+        emphysema.reshape(-1)[chosen] = True
+    emph_hu = rng.uniform(-995.0, -975.0)
+    volume[emphysema] = emph_hu + 0.3 * texture[emphysema]
+
+    volume = ndi.gaussian_filter(volume, _RECON_BLUR_VOXELS)
+    volume += rng.normal(0.0, NOISE_HU, size=shape).astype(np.float32)
+    np.clip(volume, -1024.0, 3071.0, out=volume)
+
+    regional = np.array(
+        [(emphysema & r).sum() / max(r.sum(), 1) for r in regions], dtype=np.float64
+    )
+    overall = emphysema.sum() / max(lung.sum(), 1)
+    return volume.astype(np.float32), lung, overall, regional
+
+
+def _check_shape(shape):
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = (shape,)
+    if len(shape) != 3 or not all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 16
+        for s in shape
+    ):
+        raise ValueError(f"shape must be a tuple of 3 integers >= 16; got {shape!r}.")
+    return tuple(int(s) for s in shape)
+
+
+def _check_spacing(spacing):
+    if isinstance(spacing, numbers.Real) and not isinstance(spacing, bool):
+        spacing = (spacing,) * 3
+    try:
+        values = np.asarray(spacing, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.shape != (3,) or not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"spacing must be a positive number or 3 positive numbers (mm); "
+            f"got {spacing!r}."
+        )
+    if np.any(values <= 0):
+        raise ValueError(f"spacing must be positive (mm); got {spacing!r}.")
+    return tuple(float(v) for v in values)
+
+
+def _lung_affine(shape, spacing):
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1) / 2.0 * np.asarray(spacing)
+    return affine
+
+
+_LUNG_DESCR = """\
+Synthetic chest CT cohort (make_lung_cohort)
+--------------------------------------------
+
+**Everything in this dataset is synthetic.** The volumes are geometric
+phantoms, not scans of people; they imitate the intensities (Hounsfield units,
+HU) and rough layout of a chest CT so that pipelines can be developed and
+tested. Do not draw clinical conclusions from them.
+
+Each subject, on a {shape} grid with {spacing} mm voxels (RAS axes, anatomy
+scaled to the field of view): air outside the body (-1000 HU); an elliptic
+body with subcutaneous fat (about -100 HU) around soft tissue (about 40 HU),
+a vertebra (about 400 HU); two lungs (right and left) shaped as tapered
+elliptic sections above a diaphragm dome and around the heart, with
+parenchyma of about -850 HU (subject-specific, denser posteriorly, fine
+texture); a randomly bifurcating airway tree (trachea, main bronchi, lobar and
+smaller branches: air lumen -1000 HU, walls about 0 HU) and vessel trees
+(about 40 HU) rendered with partial volume inside the lungs; emphysema as
+clusters of low attenuation (-995 to -975 HU) from a thresholded smooth random
+field, with a subject-specific severity (30 % of subjects almost none) and
+regional pattern (upper-predominant, lower-predominant or diffuse); a mild
+blur (reconstruction kernel) and Gaussian noise of {noise:g} HU.
+
+Targets: emphysema_fraction (emphysematous share of the lung mask),
+regional_emphysema (the same share in the upper, middle and lower thirds of
+each lung, columns named in `regions`), and fev1, a synthetic FEV1 in %
+predicted: 98 - 120 x emphysema_fraction - 60 x (mean of the two lower-third
+fractions) + N(0, 7), clipped to [10, 130].
+"""
+
+
+def make_lung_cohort(
+    n_subjects,
+    shape=(64, 64, 64),
+    spacing=(5.0, 5.0, 5.0),
+    random_state=None,
+    return_paths=False,
+    out_dir=None,
+):
+    """Generate a synthetic chest CT cohort (HU) with regional emphysema.
+
+    Each subject is a phantom of a chest CT: body and fat, spine, two lungs
+    with branching airways and vessels, and clusters of low attenuation
+    (emphysema) whose extent, overall and per lung region, is the target.
+    See ``DESCR`` of the result for the full model.
+
+    Parameters
+    ----------
+    n_subjects : int
+        Number of subjects (>= 1).
+    shape : tuple of 3 int, default=(64, 64, 64)
+        Grid shape (RAS axis order: right, anterior, superior); each >= 16.
+    spacing : float or tuple of 3 float, default=(5.0, 5.0, 5.0)
+        Voxel size in mm. The anatomy is scaled to the field of view
+        ``shape * spacing`` (320 mm per axis by default).
+    random_state : int, RandomState instance or None, default=None
+        Seed of all random draws; the same seed gives identical arrays.
+    return_paths : bool, default=False
+        If True, write ``sub-XXXX_ct.nii.gz`` (float32 HU) and
+        ``sub-XXXX_lungmask.nii.gz`` (uint8) for each subject to ``out_dir``
+        with a ``participants.tsv`` of the targets, and return paths in
+        ``volumes`` and ``lung_mask`` instead of arrays.
+    out_dir : str or path-like, default=None
+        Output folder (created if missing); required when ``return_paths``.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With the fields
+
+        volumes : ndarray of shape (n_subjects, 1, *shape), float32, or list of str
+            CT volumes in HU.
+        lung_mask : ndarray of shape (n_subjects, 1, *shape), bool, or list of str
+            Lungs, including their inner airways and vessels.
+        emphysema_fraction : ndarray of shape (n_subjects,)
+            Share of lung voxels that are emphysematous.
+        regional_emphysema : ndarray of shape (n_subjects, 6)
+            The same share per region, in the order of ``regions``.
+        regions : list of str
+            ``right_upper``, ``right_middle``, ``right_lower``, ``left_upper``,
+            ``left_middle``, ``left_lower``.
+        fev1 : ndarray of shape (n_subjects,)
+            Synthetic FEV1 (% predicted) derived from the emphysema with noise.
+        spacing : tuple of float
+            Voxel size in mm.
+        affine : ndarray of shape (4, 4)
+            Voxel-to-world affine (RAS mm, origin at the grid centre).
+        participants : str
+            Path of ``participants.tsv`` (only when ``return_paths``).
+        DESCR : str
+            Description of the phantom model.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is invalid, or ``return_paths`` is True without
+        ``out_dir``.
+
+    Examples
+    --------
+    >>> from sklearn_cl3d.datasets import make_lung_cohort
+    >>> ct = make_lung_cohort(2, shape=(32, 32, 32), spacing=10.0, random_state=0)
+    >>> ct.volumes.shape, ct.volumes.dtype
+    ((2, 1, 32, 32, 32), dtype('float32'))
+    >>> bool(ct.volumes[ct.lung_mask].mean() < -700)
+    True
+    >>> ct.regional_emphysema.shape
+    (2, 6)
+    """
+    if (
+        isinstance(n_subjects, bool)
+        or not isinstance(n_subjects, numbers.Integral)
+        or n_subjects < 1
+    ):
+        raise ValueError(f"n_subjects must be an integer >= 1; got {n_subjects!r}.")
+    n_subjects = int(n_subjects)
+    shape = _check_shape(shape)
+    spacing = _check_spacing(spacing)
+    if return_paths:
+        if out_dir is None:
+            raise ValueError("out_dir is required when return_paths=True.")
+        out_dir = os.fspath(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+
+    rng = check_random_state(random_state)
+    seeds = rng.randint(np.iinfo(np.int32).max, size=n_subjects)
+    fev1_noise = rng.normal(0.0, 7.0, size=n_subjects)
+    canvas = _Canvas(shape, spacing)
+    affine = _lung_affine(shape, spacing)
+    ids = [f"sub-{i + 1:04d}" for i in range(n_subjects)]
+
+    overall = np.empty(n_subjects)
+    regional = np.empty((n_subjects, len(REGIONS)))
+    if return_paths:
+        import nibabel as nib
+
+        volumes, masks = [], []
+    else:
+        volumes = np.empty((n_subjects, 1, *shape), dtype=np.float32)
+        masks = np.empty((n_subjects, 1, *shape), dtype=bool)
+    for i in range(n_subjects):
+        volume, lung, overall[i], regional[i] = _subject(
+            canvas, np.random.default_rng(int(seeds[i]))
+        )
+        if return_paths:
+            for array, suffix, store in (
+                (volume, "ct", volumes),
+                (lung.astype(np.uint8), "lungmask", masks),
+            ):
+                img = nib.Nifti1Image(array, affine)
+                img.header.set_xyzt_units("mm")
+                path = os.path.join(out_dir, f"{ids[i]}_{suffix}.nii.gz")
+                nib.save(img, path)
+                store.append(path)
+        else:
+            volumes[i, 0] = volume
+            masks[i, 0] = lung
+
+    lower = regional[:, [2, 5]].mean(axis=1)
+    fev1 = np.clip(98.0 - 120.0 * overall - 60.0 * lower + fev1_noise, 10.0, 130.0)
+    data = Bunch(
+        volumes=volumes,
+        lung_mask=masks,
+        emphysema_fraction=overall,
+        regional_emphysema=regional,
+        regions=list(REGIONS),
+        fev1=fev1,
+        spacing=spacing,
+        affine=affine,
+        DESCR=_LUNG_DESCR.format(shape=shape, spacing=spacing, noise=NOISE_HU),
+    )
+    if return_paths:
+        path = os.path.join(out_dir, "participants.tsv")
+        header = ["participant_id", "emphysema_fraction", *REGIONS, "fev1"]
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("\t".join(header) + "\n")
+            for i, pid in enumerate(ids):
+                row = [pid, f"{overall[i]:.5f}"]
+                row += [f"{v:.5f}" for v in regional[i]] + [f"{fev1[i]:.2f}"]
+                fh.write("\t".join(row) + "\n")
+        data.participants = path
+    return data
+
+
+def _nifti_files(path):
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(path, name)
+            for name in os.listdir(path)
+            if name.lower().endswith(_NIFTI_SUFFIXES)
+            and os.path.isfile(os.path.join(path, name))
+        )
+        if not files:
+            raise FileNotFoundError(
+                f"No NIfTI file (.nii or .nii.gz) found in the folder {path!r}."
+            )
+        return files
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file or folder: {path!r}.")
+    if not path.lower().endswith(_NIFTI_SUFFIXES):
+        raise ValueError(
+            f"{path!r} is not a NIfTI file: expected a .nii or .nii.gz file, or a "
+            "folder of them."
+        )
+    return [path]
+
+
+def load_chest_ct(path):
+    """Load real chest CT volumes from a NIfTI file or a folder of them.
+
+    Nothing is downloaded: point ``path`` at scans you already have (for
+    example a public chest CT collection converted to NIfTI).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.nii`` / ``.nii.gz`` file, or a folder whose ``.nii`` /
+        ``.nii.gz`` files (sorted by name) are all loaded.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With the fields
+
+        volumes : ndarray of shape (n, 1, D, H, W) or list of ndarray
+            float32 intensities after the NIfTI scaling (HU for CT). An array
+            when every volume has the same shape, otherwise a list of
+            ``(1, D, H, W)`` arrays.
+        affines : ndarray of shape (n, 4, 4)
+            Voxel-to-world affine of each volume.
+        spacings : ndarray of shape (n, 3)
+            Voxel sizes in mm.
+        paths : list of str
+            The files, in the order of ``volumes``.
+        DESCR : str
+            Where the data came from.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist or a folder holds no NIfTI file.
+    ValueError
+        If a file is not NIfTI or a volume is not 3-D (trailing singleton
+        axes are dropped first).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import nibabel as nib, numpy as np
+    >>> from sklearn_cl3d.datasets import load_chest_ct
+    >>> folder = tempfile.mkdtemp()
+    >>> img = nib.Nifti1Image(np.full((8, 8, 8), -800.0, np.float32), np.eye(4))
+    >>> nib.save(img, os.path.join(folder, "scan.nii.gz"))
+    >>> ct = load_chest_ct(folder)
+    >>> ct.volumes.shape
+    (1, 1, 8, 8, 8)
+    """
+    import nibabel as nib
+
+    path = os.fspath(path)
+    files = _nifti_files(path)
+    volumes, affines, spacings = [], [], []
+    for file in files:
+        try:
+            img = nib.load(file)
+        except Exception as exc:
+            raise ValueError(f"Could not read {file!r} as NIfTI: {exc}") from exc
+        data = img.get_fdata(dtype=np.float32)
+        while data.ndim > 3 and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise ValueError(
+                f"{file!r} holds a {data.ndim}-D image of shape {img.shape}; "
+                "a 3-D volume is required."
+            )
+        volumes.append(data[None])
+        affines.append(np.asarray(img.affine, dtype=np.float64))
+        spacings.append(np.sqrt((affines[-1][:3, :3] ** 2).sum(axis=0)))
+    if len({v.shape for v in volumes}) == 1:
+        volumes = np.stack(volumes)
+    return Bunch(
+        volumes=volumes,
+        affines=np.stack(affines),
+        spacings=np.stack(spacings),
+        paths=files,
+        DESCR=f"Chest CT loaded from {path!r} ({len(files)} NIfTI file(s)).",
+    )
