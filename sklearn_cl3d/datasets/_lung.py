@@ -379,9 +379,9 @@ def make_lung_cohort(
     data : :class:`~sklearn.utils.Bunch`
         With the fields
 
-        volumes : ndarray of shape (n_subjects, 1, *shape), float32, or list of str
+        volumes : ndarray of shape (n_subjects, 1, D, H, W), float32, or list of str
             CT volumes in HU.
-        lung_mask : ndarray of shape (n_subjects, 1, *shape), bool, or list of str
+        lung_mask : ndarray of shape (n_subjects, 1, D, H, W), bool, or list of str
             Lungs, including their inner airways and vessels.
         emphysema_fraction : ndarray of shape (n_subjects,)
             Share of lung voxels that are emphysematous.
