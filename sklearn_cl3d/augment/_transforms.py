@@ -509,7 +509,33 @@ class GaussianNoise(_RandomOp):
         return torch.addcmul(x.to(noise.dtype), std, noise).to(x.dtype)
 
 
-class Cutout(_RandomOp):
+class _RandomBox(_RandomOp):
+    """A box of ``ceil(fraction * size)`` voxels per spatial axis, placed
+    uniformly and fully inside each sample (shared by Cutout and the crop)."""
+
+    def sample_params(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Draw the box position of each sample.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, C, \\*spatial)
+            Batch the parameters are drawn for.
+        generator : torch.Generator or None, default=None
+            Source of randomness, on the device of ``x``.
+
+        Returns
+        -------
+        dict
+            ``{"start": LongTensor of shape (B, n_spatial)}``, the first
+            voxel of the box along each spatial axis.
+        """
+        box = _box_size(x.shape[2:], self.fraction)
+        return {"start": _random_starts(x, box, generator)}
+
+
+class Cutout(_RandomBox):
     """Set one random box of each sample to a constant value.
 
     The box spans ``ceil(fraction * size)`` voxels along each spatial axis
@@ -541,27 +567,6 @@ class Cutout(_RandomOp):
         )
         self.value = _check_scalar(value, "value")
 
-    def sample_params(
-        self, x: Tensor, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
-        """Draw the box position of each sample.
-
-        Parameters
-        ----------
-        x : torch.Tensor of shape (B, C, \\*spatial)
-            Batch the parameters are drawn for.
-        generator : torch.Generator or None, default=None
-            Source of randomness, on the device of ``x``.
-
-        Returns
-        -------
-        dict
-            ``{"start": LongTensor of shape (B, n_spatial)}``, the first
-            voxel of the box along each spatial axis.
-        """
-        box = _box_size(x.shape[2:], self.fraction)
-        return {"start": _random_starts(x, box, generator)}
-
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         """Fill the box of each sample with ``value``.
 
@@ -587,7 +592,7 @@ class Cutout(_RandomOp):
         return out
 
 
-class RandomResizedCrop(_RandomOp):
+class RandomResizedCrop(_RandomBox):
     """Crop a random box of each sample and resize it back to full size.
 
     The box spans ``ceil(fraction * size)`` voxels along each spatial axis
@@ -617,27 +622,6 @@ class RandomResizedCrop(_RandomOp):
         self.fraction = _check_scalar(
             fraction, "fraction", low=0.0, high=1.0, low_open=True
         )
-
-    def sample_params(
-        self, x: Tensor, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
-        """Draw the crop position of each sample.
-
-        Parameters
-        ----------
-        x : torch.Tensor of shape (B, C, \\*spatial)
-            Batch the parameters are drawn for.
-        generator : torch.Generator or None, default=None
-            Source of randomness, on the device of ``x``.
-
-        Returns
-        -------
-        dict
-            ``{"start": LongTensor of shape (B, n_spatial)}``, the first
-            voxel of the crop along each spatial axis.
-        """
-        box = _box_size(x.shape[2:], self.fraction)
-        return {"start": _random_starts(x, box, generator)}
 
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         """Crop each sample at ``params["start"]`` and resize it back.
