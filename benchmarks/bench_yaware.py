@@ -507,6 +507,75 @@ def bench_augmentation(cfg):
 
 
 # --------------------------------------------------------------- the rest
+def _official_loop(cfg, queue):
+    """The official training iteration, re-created with plain PyTorch/NumPy.
+
+    Runs in a fresh process (so its peak RSS is its own): per-sample NumPy
+    views (``ReferencePipeline``), a DataLoader-free batch assembly, two
+    forward calls of the same DenseNet-121 + head, the official loss with its
+    kernel weights computed in float64 NumPy on the host every step, backward,
+    Adam (1e-4, weight decay 5e-5).
+    """
+    import torch.nn.functional as F
+
+    from sklearn_cl3d.nn import ContrastiveModel, ProjectionHead, build_backbone
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    device = cfg["device"]
+    sync = _synchronizer(device)
+    shape = (cfg["size"],) * 3
+    batch = cfg["batch_size"]
+    n_steps = cfg["warmup"] + cfg["steps"]
+    X = _random_volumes(batch * n_steps, shape, seed=0)
+    age = np.random.default_rng(1).uniform(20.0, 80.0, size=len(X))
+    backbone = build_backbone(cfg["backbone"], (1, *shape), **cfg["backbone_kwargs"])
+    model = ContrastiveModel(backbone, ProjectionHead(backbone.out_features)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-5)
+    ref = ReferencePipeline(cfg["augmentation"], seed=0)
+    sigma, tau = 5.0, 0.1
+    times = []
+    for step in range(n_steps):
+        sync()
+        t0 = time.perf_counter()
+        xs = X[step * batch : (step + 1) * batch]
+        ys = age[step * batch : (step + 1) * batch]
+        v1 = torch.from_numpy(np.stack([ref(x) for x in xs])).to(device)
+        v2 = torch.from_numpy(np.stack([ref(x) for x in xs])).to(device)
+        opt.zero_grad()
+        z1, z2 = model(v1), model(v2)
+        z = F.normalize(torch.cat([z1, z2]), dim=1)
+        logits = z @ z.T / tau - 1e8 * torch.eye(2 * batch, device=device)
+        log_p = F.log_softmax(logits, dim=1)
+        yy = np.concatenate([ys, ys])[:, None]
+        k = np.exp(-((yy - yy.T) ** 2) / (2 * sigma**2))
+        np.fill_diagonal(k, 0.0)
+        w = torch.from_numpy(k / k.sum(axis=1)).to(device)
+        loss = -(w * log_p).sum() / batch
+        loss.backward()
+        opt.step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    queue.put(
+        {
+            "step_wall_s": _stats(times[cfg["warmup"] :]),
+            "peak_rss_gib": _gib(_peak_rss_bytes()),
+        }
+    )
+
+
+def bench_official_loop(cfg):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_official_loop, args=(cfg, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
 def machine_info(cfg):
     device = cfg["device"]
     if torch.device(device).type == "cuda":
@@ -562,6 +631,20 @@ def evaluate(cfg, results):
             applicable=paper_setup and on_cpu,
             note=note if on_cpu else "target is for the CPU",
         )
+        base = results.get("official_loop")
+        if base is not None:
+            checks["step_time_vs_official_loop"] = _check(
+                step["step_wall_s"]["median"] / base["step_wall_s"]["median"],
+                1.0,
+                kind="max",
+                note="ours / the official-style loop on the same machine, same run",
+            )
+            checks["peak_rss_vs_official_loop"] = _check(
+                step["memory"]["peak_rss_gib"] / base["peak_rss_gib"],
+                1.0,
+                kind="max",
+                note="peak RSS ratio, each measured in its own process",
+            )
         checks["loss_share"] = _check(
             step["share"]["loss_share_of_step"],
             TARGETS["loss_share_of_step_max"],
@@ -702,6 +785,11 @@ def parse_args(argv=None):
     p.add_argument("--skip-step", action="store_true")
     p.add_argument("--skip-aug", action="store_true")
     p.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="skip the official-style plain PyTorch loop run in a child process",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path(__file__).resolve().parent / "results" / "bench_yaware.json",
@@ -743,6 +831,7 @@ def build_config(args, parser):
         "aug_shapes": [(args.size,) * 3, FULL_SHAPE],
         "skip_step": args.skip_step,
         "skip_aug": args.skip_aug,
+        "skip_baseline": args.skip_baseline,
     }
     if (args.size,) * 3 == FULL_SHAPE:
         cfg["aug_shapes"] = [FULL_SHAPE]
@@ -787,6 +876,14 @@ def main(argv=None):
     # the training step runs first so that the process's peak RSS is its own
     if not cfg["skip_step"]:
         report["results"]["train_step"] = bench_train_step(cfg)
+        if not cfg["skip_baseline"]:
+            base = bench_official_loop(cfg)
+            report["results"]["official_loop"] = base
+            print(
+                "official-style plain PyTorch loop (own process): median "
+                f"{base['step_wall_s']['median']:.3f} s/step, peak RSS "
+                f"{base['peak_rss_gib']:.2f} GiB"
+            )
     if not cfg["skip_aug"]:
         report["results"]["augmentation"] = bench_augmentation(cfg)
     report["checks"] = evaluate(cfg, report["results"])

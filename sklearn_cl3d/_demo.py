@@ -218,7 +218,7 @@ def _plot(rows, label_counts, path, log):
     except ImportError:
         log("(matplotlib is not installed: no plot)")
         return
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6.2, 3.5))
     for name in dict.fromkeys(r["encoder"] for r in rows):
         sel = [r for r in rows if r["encoder"] == name]
         ax.errorbar(
@@ -233,7 +233,7 @@ def _plot(rows, label_counts, path, log):
     ax.set_xlabel("labelled subjects")
     ax.set_ylabel("ROC-AUC (logistic probe)")
     ax.set_xticks(list(label_counts))
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
