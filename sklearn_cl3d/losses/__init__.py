@@ -2,7 +2,7 @@
 
 One kernel-weighted InfoNCE (:func:`kernel_infonce`) serves y-Aware
 (:func:`yaware_infonce`), SimCLR (:func:`nt_xent`) and the methods built on
-them; the kernels weight positives by metadata.
+them (:func:`wsp_infonce`); the kernels weight positives by metadata.
 """
 
 from ._infonce import NORMALIZATIONS, kernel_infonce, partner_weights
@@ -16,12 +16,14 @@ from ._kernels import (
     rbf_kernel,
 )
 from ._ntxent import NTXentLoss, nt_xent
+from ._wsp import WSP_KERNELS, wsp_infonce
 from ._yaware import YAwareLoss, yaware_infonce
 
 __all__ = [
     "KERNELS",
     "NORMALIZATIONS",
     "NTXentLoss",
+    "WSP_KERNELS",
     "YAwareLoss",
     "delta_kernel",
     "discrete_kernel",
@@ -32,5 +34,6 @@ __all__ = [
     "partner_weights",
     "product_kernel",
     "rbf_kernel",
+    "wsp_infonce",
     "yaware_infonce",
 ]
