@@ -33,7 +33,7 @@ def wsp_infonce(
     kernel="rbf",
     normalization="official",
 ):
-    r"""WSP loss: a Dirac kernel on a weak label times a kernel on slice position.
+    """WSP loss: a Dirac kernel on a weak label times a kernel on slice position.
 
     The weight of the pair (a, b) of the 2N stacked views is
     ``delta(label_a, label_b) * k(position_a, position_b)`` (the other view of
