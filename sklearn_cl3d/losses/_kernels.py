@@ -24,6 +24,7 @@ __all__ = [
     "laplacian_kernel",
     "product_kernel",
     "rbf_kernel",
+    "stack_view_metadata",
 ]
 
 
@@ -73,6 +74,40 @@ def as_metadata_tensor(y, *, name="y", device=None, dtype=None) -> torch.Tensor:
             f"{name} must have shape (n,) or (n, k); got shape {tuple(y.shape)}."
         )
     return y
+
+
+def stack_view_metadata(values, z, *, name="y") -> torch.Tensor:
+    """Metadata of N samples repeated for their two views: shape (2N, k).
+
+    Parameters
+    ----------
+    values : array-like or torch.Tensor of shape (N,) or (N, k)
+        Per-sample metadata (NumPy or torch; no gradient).
+    z : torch.Tensor of shape (N, D)
+        The view-1 embeddings: give N and the device.
+    name : str, default="y"
+        Name used in error messages.
+
+    Returns
+    -------
+    torch.Tensor of shape (2N, k)
+        ``[values; values]`` on ``z``'s device, in the order of the stacked views.
+
+    Examples
+    --------
+    >>> import torch
+    >>> stack_view_metadata([20.0, 30.0], torch.zeros(2, 4)).ravel().tolist()
+    [20.0, 30.0, 20.0, 30.0]
+    """
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z_i must be a torch.Tensor; got {type(z).__name__}.")
+    values = as_metadata_tensor(values, name=name, device=z.device)
+    if values.shape[0] != z.shape[0]:
+        raise ValueError(
+            f"{name} must have one row per sample: z_i has {z.shape[0]} rows, "
+            f"{name} has {values.shape[0]}."
+        )
+    return torch.cat([values, values], dim=0)
 
 
 def _check_sigma(sigma) -> float:

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from ._infonce import NORMALIZATIONS, check_temperature, kernel_infonce
-from ._kernels import as_metadata_tensor, delta_kernel, get_kernel
+from ._infonce import kernel_infonce
+from ._kernels import delta_kernel, get_kernel, stack_view_metadata
 
 __all__ = ["WSP_KERNELS", "wsp_infonce"]
 
@@ -85,40 +85,24 @@ default="rbf"
     >>> wsp_infonce(z1, z2, labels, positions).shape
     torch.Size([])
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}."
-        )
-    check_temperature(temperature)
+    # temperature and normalization are checked by kernel_infonce
     sigma = _check_wsp_sigma(sigma)
     if isinstance(kernel, str) and kernel not in WSP_KERNELS:
         raise ValueError(
             f"kernel must be one of {WSP_KERNELS} or a callable; got {kernel!r}."
         )
     kernel_fn = get_kernel(kernel)
-    if not isinstance(z_i, torch.Tensor):
-        raise TypeError(f"z_i must be a torch.Tensor; got {type(z_i).__name__}.")
-    n = z_i.shape[0]
-
-    def stacked(values, name):
-        values = as_metadata_tensor(values, name=name, device=z_i.device)
-        if values.shape[0] != n:
-            raise ValueError(
-                f"{name} must have one row per sample: z_i has {n} rows, {name} "
-                f"has {values.shape[0]}."
-            )
-        return torch.cat([values, values], dim=0)
-
     weights = None
     if labels is not None:
-        lab = stacked(labels, "labels")
+        lab = stack_view_metadata(labels, z_i, name="labels")
         weights = delta_kernel(lab)
     if positions is not None and not math.isinf(sigma):
-        pos = stacked(positions, "positions")
+        pos = stack_view_metadata(positions, z_i, name="positions")
         k = kernel_fn(pos, pos, sigma=sigma)
         weights = k if weights is None else weights * k.to(weights.dtype)
     elif positions is not None and weights is None:
-        weights = torch.ones(2 * n, 2 * n, device=z_i.device)
+        pos = stack_view_metadata(positions, z_i, name="positions")
+        weights = torch.ones(len(pos), len(pos), device=pos.device)
     return kernel_infonce(
         z_i, z_j, weights, temperature=temperature, normalization=normalization
     )

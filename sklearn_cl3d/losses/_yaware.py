@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._infonce import NORMALIZATIONS, check_temperature, kernel_infonce
-from ._kernels import _check_sigma, as_metadata_tensor, get_kernel
+from ._kernels import _check_sigma, get_kernel, stack_view_metadata
 
 __all__ = ["YAwareLoss", "yaware_infonce"]
 
@@ -58,22 +58,10 @@ default="rbf"
     >>> yaware_infonce(z1, z2, age, sigma=5.0).shape
     torch.Size([])
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}."
-        )
-    check_temperature(temperature)
+    # temperature and normalization are checked by kernel_infonce
     sigma = _check_sigma(sigma)
     kernel_fn = get_kernel(kernel)
-    if not isinstance(z_i, torch.Tensor):
-        raise TypeError(f"z_i must be a torch.Tensor; got {type(z_i).__name__}.")
-    y = as_metadata_tensor(y, name="y", device=z_i.device)
-    if y.shape[0] != z_i.shape[0]:
-        raise ValueError(
-            f"y must have one row per sample: z_i has {z_i.shape[0]} rows, y has "
-            f"{y.shape[0]}."
-        )
-    y2 = torch.cat([y, y], dim=0)
+    y2 = stack_view_metadata(y, z_i, name="y")
     weights = kernel_fn(y2, y2, sigma=sigma)
     return kernel_infonce(
         z_i, z_j, weights, temperature=temperature, normalization=normalization
