@@ -470,7 +470,7 @@ def test_repr():
 # presets
 # --------------------------------------------------------------------------
 def test_preset_names():
-    assert AUGMENTATION_PRESETS == ("cutout", "all", "crop", "none")
+    assert AUGMENTATION_PRESETS == ("cutout", "all", "crop", "wsp", "none")
 
 
 def test_preset_cutout_applies_to_every_sample():

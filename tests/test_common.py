@@ -3,7 +3,7 @@
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_cl3d import SimCLRPretrainer, YAwarePretrainer
+from sklearn_cl3d import SimCLRPretrainer, WSPPretrainer, YAwarePretrainer
 
 SMALL = dict(
     backbone="mlp",
@@ -29,7 +29,12 @@ def _expected_failed_checks(estimator):
 
 
 @parametrize_with_checks(
-    [YAwarePretrainer(**SMALL), SimCLRPretrainer(**SMALL)],
+    [
+        YAwarePretrainer(**SMALL),
+        SimCLRPretrainer(**SMALL),
+        # tabular rows are single slices (position 0); y is the weak label
+        WSPPretrainer(**SMALL),
+    ],
     expected_failed_checks=_expected_failed_checks,
 )
 def test_sklearn_compatible_estimator(estimator, check):

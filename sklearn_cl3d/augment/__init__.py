@@ -3,10 +3,14 @@
 All operations act on a floating-point batch of shape ``(B, C, *spatial)``
 (1 to 3 spatial dimensions), draw their random parameters per sample from an
 optional :class:`torch.Generator`, and return a new tensor of the same shape,
-dtype and device. :func:`make_augmentation` builds the pipelines of the
-official y-Aware code from their names.
+dtype and device. The in-plane geometric operations (:class:`AxisFlip`,
+:class:`RandomAreaCrop`, :class:`RandomTranslate`, :class:`RandomRotate`)
+reproduce the 2-D augmentations of the official WSP code.
+:func:`make_augmentation` builds the pipelines of the official y-Aware and
+WSP code from their names.
 """
 
+from ._affine import AxisFlip, RandomAreaCrop, RandomRotate, RandomTranslate
 from ._presets import AUGMENTATION_PRESETS, make_augmentation
 from ._transforms import (
     Compose,
@@ -26,6 +30,10 @@ __all__ = [
     "GaussianNoise",
     "Cutout",
     "RandomResizedCrop",
+    "AxisFlip",
+    "RandomAreaCrop",
+    "RandomTranslate",
+    "RandomRotate",
     "RandomApply",
     "Compose",
     "make_augmentation",

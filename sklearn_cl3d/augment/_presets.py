@@ -1,4 +1,4 @@
-"""Named augmentation pipelines of the official y-Aware code.
+"""Named augmentation pipelines of the official y-Aware and WSP code.
 
 :func:`make_augmentation` turns the ``augmentation`` parameter of the
 estimators (a preset name, a callable or None) into a callable
@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._affine import AxisFlip, RandomAreaCrop, RandomRotate, RandomTranslate
 from ._transforms import (
     Compose,
     Cutout,
@@ -27,7 +28,7 @@ from ._transforms import (
 __all__ = ["AUGMENTATION_PRESETS", "make_augmentation"]
 
 #: Names accepted by :func:`make_augmentation`.
-AUGMENTATION_PRESETS = ("cutout", "all", "crop", "none")
+AUGMENTATION_PRESETS = ("cutout", "all", "crop", "wsp", "none")
 
 
 class _CallWithoutGenerator:
@@ -72,13 +73,22 @@ def make_augmentation(spec) -> Callable | None:
 
     Parameters
     ----------
-    spec : {"cutout", "all", "crop", "none"}, callable or None
+    spec : {"cutout", "all", "crop", "wsp", "none"}, callable or None
         - ``"cutout"``: one random box of ``ceil(size / 4)`` voxels set to 0
           in every view (the setting of the released y-Aware checkpoint).
         - ``"all"``: the official ``all_tf`` pipeline, in order: flip, blur,
           noise, cutout and resized crop, each applied with probability 0.5.
         - ``"crop"``: random crop of ``ceil(0.75 * size)`` voxels resized
           back to full size, in every view.
+        - ``"wsp"``: the 2-D pipeline of the official WSP code (kornia), in
+          order: horizontal flip (:class:`AxisFlip` ``(-1)``), vertical flip
+          (:class:`AxisFlip` ``(-2)``), :class:`RandomAreaCrop` of area
+          fraction 0.7 and aspect ratio in (3/4, 4/3) resized back to full
+          size, :class:`RandomTranslate` by up to 20 % of the height and
+          width, and :class:`RandomRotate` by up to 30 degrees, each applied
+          with probability 0.5 independently per sample. It expects
+          ``(B, C, H, W)`` batches; on ``(B, C, D, H, W)`` batches it acts in
+          the (H, W) plane, the same way for every depth slice.
         - ``"none"`` or None: no augmentation.
         - a callable: returned unchanged if it accepts a ``generator``
           keyword, otherwise wrapped so that it is called as ``f(x)``.
@@ -117,6 +127,16 @@ def make_augmentation(spec) -> Callable | None:
             return Compose([Cutout(fraction=0.25, value=0.0)])
         if spec == "crop":
             return Compose([RandomResizedCrop(fraction=0.75)])
+        if spec == "wsp":
+            return Compose(
+                [
+                    RandomApply(AxisFlip(axis=-1), p=0.5),
+                    RandomApply(AxisFlip(axis=-2), p=0.5),
+                    RandomApply(RandomAreaCrop(scale=0.7, ratio=(3 / 4, 4 / 3)), p=0.5),
+                    RandomApply(RandomTranslate(max_fraction=0.2), p=0.5),
+                    RandomApply(RandomRotate(degrees=30.0), p=0.5),
+                ]
+            )
         if spec == "all":
             return Compose(
                 [

@@ -3,6 +3,7 @@ preprocessing transformers, and validation."""
 
 from ._dataset import VolumeDataset, as_volume_dataset, is_volume_collection
 from ._io import SUPPORTED_EXTENSIONS, load_volume
+from ._landmarks import landmark_locations, landmark_neighbors, make_landmarks
 from ._nrrd import read_nrrd
 from ._preprocessing import (
     CropOrPad,
@@ -13,10 +14,20 @@ from ._preprocessing import (
     Resample,
     make_preprocessing,
 )
+from ._slices import (
+    BalancedVolumeBatchSampler,
+    SliceDataset,
+    central_slice_range,
+    slice_positions,
+)
 from ._validation import check_input_shape, check_metadata, check_volumes
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
+    "BalancedVolumeBatchSampler",
+    "SliceDataset",
+    "central_slice_range",
+    "slice_positions",
     "CropOrPad",
     "HUWindow",
     "IntensityZScore",
@@ -29,7 +40,10 @@ __all__ = [
     "check_metadata",
     "check_volumes",
     "is_volume_collection",
+    "landmark_locations",
+    "landmark_neighbors",
     "load_volume",
+    "make_landmarks",
     "make_preprocessing",
     "read_nrrd",
 ]

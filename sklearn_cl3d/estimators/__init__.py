@@ -1,11 +1,13 @@
 """The pretrainers: thin skorch glue over the shared base."""
 
 from ._base import BaseContrastivePretrainer, resolve_device
+from ._wsp import WSPPretrainer
 from ._yaware import SimCLRPretrainer, YAwarePretrainer
 
 __all__ = [
     "BaseContrastivePretrainer",
     "SimCLRPretrainer",
+    "WSPPretrainer",
     "YAwarePretrainer",
     "resolve_device",
 ]

@@ -185,6 +185,10 @@ class BaseContrastivePretrainer(
         """Keyword arguments of the criterion taken from the estimator."""
         return {"temperature": self.temperature}
 
+    def _network_input_shape(self):
+        """Per-sample shape the backbone is built for (that of X by default)."""
+        return self.input_shape_
+
     # ---------------------------------------------------- sklearn plumbing
 
     def _get_param_names(self):
@@ -290,7 +294,7 @@ class BaseContrastivePretrainer(
             # never train the user's object in place; refits start from it
             spec = copy.deepcopy(spec)
         backbone = build_backbone(
-            spec, self.input_shape_, **self.get_params_for("backbone")
+            spec, self._network_input_shape(), **self.get_params_for("backbone")
         )
         head = ProjectionHead(
             backbone.out_features,

@@ -5,6 +5,7 @@ One kernel-weighted InfoNCE (:func:`kernel_infonce`) serves y-Aware
 them (:func:`wsp_infonce`); the kernels weight positives by metadata.
 """
 
+from ._drasclr import DrasCLRLoss, drasclr_loss
 from ._infonce import NORMALIZATIONS, kernel_infonce, partner_weights
 from ._kernels import (
     KERNELS,
@@ -16,17 +17,20 @@ from ._kernels import (
     rbf_kernel,
 )
 from ._ntxent import NTXentLoss, nt_xent
-from ._wsp import WSP_KERNELS, wsp_infonce
+from ._wsp import WSP_KERNELS, WSPLoss, wsp_infonce
 from ._yaware import YAwareLoss, yaware_infonce
 
 __all__ = [
+    "DrasCLRLoss",
     "KERNELS",
     "NORMALIZATIONS",
     "NTXentLoss",
     "WSP_KERNELS",
+    "WSPLoss",
     "YAwareLoss",
     "delta_kernel",
     "discrete_kernel",
+    "drasclr_loss",
     "get_kernel",
     "kernel_infonce",
     "laplacian_kernel",

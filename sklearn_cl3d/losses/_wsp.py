@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from ._infonce import kernel_infonce
+from ._infonce import NORMALIZATIONS, check_temperature, kernel_infonce
 from ._kernels import delta_kernel, get_kernel, stack_view_metadata
 
-__all__ = ["WSP_KERNELS", "wsp_infonce"]
+__all__ = ["WSP_KERNELS", "WSPLoss", "wsp_infonce"]
 
 WSP_KERNELS = ("rbf", "gaussian", "laplacian", "discrete")
 
@@ -106,3 +106,64 @@ default="rbf"
     return kernel_infonce(
         z_i, z_j, weights, temperature=temperature, normalization=normalization
     )
+
+
+class WSPLoss(torch.nn.Module):
+    """Module form of :func:`wsp_infonce` (the criterion of WSPPretrainer).
+
+    Parameters
+    ----------
+    sigma : float, default=0.85
+        Width of the position kernel, > 0 (``inf``: no position factor).
+    temperature : float, default=0.1
+        Softmax temperature, > 0.
+    kernel : {"rbf", "gaussian", "laplacian", "discrete"} or callable, \
+default="rbf"
+        Kernel on positions.
+    normalization : {"official", "row"}, default="official"
+        Weight normalisation, see :func:`kernel_infonce`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = WSPLoss(sigma=0.85)
+    >>> loss(torch.randn(4, 8), torch.randn(4, 8), [0, 0, 1, 1],
+    ...      [0.0, 0.5, 0.25, 0.75]).shape
+    torch.Size([])
+    """
+
+    def __init__(
+        self, sigma=0.85, temperature=0.1, kernel="rbf", normalization="official"
+    ):
+        super().__init__()
+        self.sigma = _check_wsp_sigma(sigma)
+        self.temperature = check_temperature(temperature)
+        if isinstance(kernel, str) and kernel not in WSP_KERNELS:
+            raise ValueError(
+                f"kernel must be one of {WSP_KERNELS} or a callable; got {kernel!r}."
+            )
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}."
+            )
+        self.kernel = kernel
+        self.normalization = normalization
+
+    def forward(self, z_i, z_j, labels=None, positions=None):
+        """Return the WSP loss of the two views (labels/positions may be None)."""
+        return wsp_infonce(
+            z_i,
+            z_j,
+            labels,
+            positions,
+            sigma=self.sigma,
+            temperature=self.temperature,
+            kernel=self.kernel,
+            normalization=self.normalization,
+        )
+
+    def extra_repr(self):
+        return (
+            f"sigma={self.sigma}, temperature={self.temperature}, "
+            f"kernel={self.kernel!r}, normalization={self.normalization!r}"
+        )

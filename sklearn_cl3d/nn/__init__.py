@@ -6,14 +6,23 @@ Backbones map a batch to ``(n, out_features)`` features and expose an int
 - :class:`DenseNet3D` and :func:`densenet121`: the 3-D DenseNet of y-Aware
   contrastive pretraining;
 - :class:`SmallCNN3D`: a small, fast 3-D CNN for CPU use;
+- :class:`TinyNet2D`: the plain 2-D CNN that is the default WSP slice
+  encoder (inputs of at least 156x156 pixels);
+- :class:`ResNet2D` and :func:`resnet18_2d`: the 2-D ResNet-18 WSP encoder,
+  with dropout after each stage;
 - :class:`MLPEncoder`: a multilayer perceptron for tabular features.
 
 :class:`ProjectionHead` is the two-layer y-Aware head, and
 :class:`ContrastiveModel` chains a backbone and a head.
+:class:`CondConv3d` (functional form in :mod:`.functional`) is DrasCLR's
+location-routed expert convolution.
 :func:`build_backbone` builds a backbone from a name in :data:`BACKBONES`, a
 class or an instance.
 """
 
+from . import functional
+from ._2d import ResNet2D, TinyNet2D, resnet18_2d
+from ._condconv import CondConv3d
 from ._densenet import DenseNet3D, densenet121
 from ._heads import LAYERS, ContrastiveModel, ProjectionHead
 from ._registry import BACKBONES, build_backbone
@@ -21,12 +30,17 @@ from ._small import MLPEncoder, SmallCNN3D
 
 __all__ = [
     "BACKBONES",
+    "CondConv3d",
     "LAYERS",
     "ContrastiveModel",
     "DenseNet3D",
     "MLPEncoder",
     "ProjectionHead",
+    "ResNet2D",
     "SmallCNN3D",
+    "TinyNet2D",
     "build_backbone",
     "densenet121",
+    "functional",
+    "resnet18_2d",
 ]

@@ -4,6 +4,8 @@ Estimators accept a ``backbone`` parameter that may be a registered name, a
 module class (or any callable returning a module), or an already built
 module. :func:`build_backbone` turns any of these into a module, filling in
 the input size (``in_channels`` or ``in_features``) from the data shape.
+Volume backbones need a per-sample shape ``(C, D, H, W)`` and 2-D (slice)
+backbones a per-sample shape ``(C, H, W)``.
 """
 
 from __future__ import annotations
@@ -14,21 +16,32 @@ from numbers import Integral
 
 from torch import nn
 
+from ._2d import ResNet2D, TinyNet2D, resnet18_2d
 from ._densenet import DenseNet3D, densenet121
 from ._small import MLPEncoder, SmallCNN3D
 
 __all__ = ["BACKBONES", "build_backbone"]
 
-#: Registered backbone names and the class or factory each one builds.
+#: Registered backbone names and the class or factory each one builds:
+#: ``"densenet121"`` (:func:`densenet121`), ``"densenet"`` (:class:`DenseNet3D`)
+#: and ``"small3d"`` (:class:`SmallCNN3D`) for volumes ``(n, C, D, H, W)``;
+#: ``"tinynet"`` (:class:`TinyNet2D`, slices of at least 156x156) and
+#: ``"resnet18"`` (:func:`resnet18_2d`) for 2-D slices ``(n, C, H, W)``;
+#: ``"mlp"`` (:class:`MLPEncoder`) for tabular features ``(n, F)``.
 BACKBONES = {
     "densenet121": densenet121,
     "densenet": DenseNet3D,
     "small3d": SmallCNN3D,
+    "tinynet": TinyNet2D,
+    "resnet18": resnet18_2d,
     "mlp": MLPEncoder,
 }
 
 # Builders that only accept volumes shaped (n, C, D, H, W).
 _VOLUME_BUILDERS = (densenet121, DenseNet3D, SmallCNN3D)
+
+# Builders that only accept 2-D slices shaped (n, C, H, W).
+_IMAGE_BUILDERS = (TinyNet2D, ResNet2D, resnet18_2d)
 
 
 def _normalize_shape(input_shape):
@@ -37,14 +50,14 @@ def _normalize_shape(input_shape):
     except TypeError:
         raise TypeError(
             "input_shape must be the per-sample shape as a tuple of ints, "
-            f"e.g. (C, D, H, W) or (F,); got {input_shape!r}."
+            f"e.g. (C, D, H, W), (C, H, W) or (F,); got {input_shape!r}."
         ) from None
     if not shape or any(
         isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in shape
     ):
         raise ValueError(
             "input_shape must be a non-empty tuple of positive ints, e.g. "
-            f"(C, D, H, W) or (F,); got {input_shape!r}."
+            f"(C, D, H, W), (C, H, W) or (F,); got {input_shape!r}."
         )
     return tuple(int(s) for s in shape)
 
@@ -56,6 +69,22 @@ def _accepted_params(builder):
         return {}
 
 
+def _check_min_input_size(obj, shape, label):
+    """Raise ValueError if a spatial size is below ``obj.min_input_size``."""
+    min_size = getattr(obj, "min_input_size", None)
+    if isinstance(min_size, bool) or not isinstance(min_size, Integral):
+        return
+    spatial = shape[1:]
+    if spatial and any(s < min_size for s in spatial):
+        axes = {2: "(H, W)", 3: "(D, H, W)"}.get(len(spatial), "")
+        dims = "x".join([str(int(min_size))] * len(spatial))
+        raise ValueError(
+            f"input spatial size {axes}={spatial} is below the minimum {dims} "
+            f"of backbone {label!r} (per-sample shape {shape}); use larger "
+            "inputs or another backbone."
+        )
+
+
 def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
     """Build a backbone module from a name, a class/callable or an instance.
 
@@ -63,16 +92,20 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
     ----------
     spec : str, callable or torch.nn.Module
         A key of :data:`BACKBONES` (``"densenet121"``, ``"densenet"``,
-        ``"small3d"``, ``"mlp"``), a class or callable returning a module, or
-        a module instance, which is returned unchanged.
+        ``"small3d"``, ``"tinynet"``, ``"resnet18"``, ``"mlp"``), a class or
+        callable returning a module, or a module instance, which is returned
+        unchanged.
     input_shape : tuple of int
-        Shape of one sample: ``(C, D, H, W)`` for volumes, ``(F,)`` for
-        tabular features.
+        Shape of one sample: ``(C, D, H, W)`` for volumes, ``(C, H, W)`` for
+        2-D slices, ``(F,)`` for tabular features.
     **kwargs
         Keyword arguments for the class or callable. If it accepts
         ``in_channels`` and it is not given, ``input_shape[0]`` is passed; if
         it accepts ``in_features`` and it is not given,
         ``prod(input_shape)`` is passed. Not allowed with a module instance.
+        If the class, callable or instance has an int attribute
+        ``min_input_size`` (as :class:`TinyNet2D`), every spatial size
+        ``input_shape[1:]`` must be at least that value.
 
     Returns
     -------
@@ -83,9 +116,11 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
     ------
     ValueError
         If ``spec`` is an unknown name, if kwargs are given together with a
-        module instance, or if a volume backbone (``"densenet121"``,
+        module instance, if a volume backbone (``"densenet121"``,
         ``"densenet"``, ``"small3d"``) gets a per-sample shape that is not
-        ``(C, D, H, W)``.
+        ``(C, D, H, W)``, if a 2-D backbone (``"tinynet"``, ``"resnet18"``)
+        gets a per-sample shape that is not ``(C, H, W)``, or if the spatial
+        size is below the backbone's ``min_input_size``.
     TypeError
         If ``spec`` is of an unsupported type, or the built object is not a
         ``torch.nn.Module`` with an int ``out_features`` attribute.
@@ -97,6 +132,8 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
     2
     >>> build_backbone("mlp", (1, 4, 5)).in_features
     20
+    >>> build_backbone("resnet18", (3, 64, 64)).in_channels
+    3
     """
     shape = _normalize_shape(input_shape)
 
@@ -110,6 +147,7 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
             )
         backbone = spec
         label = type(spec).__name__
+        _check_min_input_size(spec, shape, label)
     else:
         if isinstance(spec, str):
             if spec not in BACKBONES:
@@ -137,6 +175,14 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
                 f"{shape}. For tabular features of shape (n, F) use "
                 "backbone='mlp'."
             )
+        if builder in _IMAGE_BUILDERS and len(shape) != 3:
+            raise ValueError(
+                f"backbone {label!r} needs 2-D slices shaped (n, C, H, W), i.e. "
+                f"a per-sample shape (C, H, W), but got per-sample shape "
+                f"{shape}. For volumes (n, C, D, H, W) use a 3-D backbone such "
+                "as 'densenet121' or 'small3d'."
+            )
+        _check_min_input_size(builder, shape, label)
 
         params = _accepted_params(builder)
         kwargs = dict(kwargs)
