@@ -201,8 +201,8 @@ default="tinynet"
         The distinct weak labels seen in ``fit`` (None without labels).
     n_kept_ : int
         Kept slices per volume in ``fit`` (1 for tabular X).
-    slice_positions_ : ndarray of shape (n_kept_,)
-        Positions of the kept slices in ``fit``.
+    slice_positions_ : ndarray of shape (n_kept,)
+        Positions ``k / n_kept`` of the kept slices in ``fit``.
 
     See Also
     --------
