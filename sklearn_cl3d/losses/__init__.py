@@ -6,6 +6,19 @@ them (:func:`wsp_infonce`); the kernels weight positives by metadata.
 """
 
 from ._drasclr import DrasCLRLoss, drasclr_loss
+from ._globallocal import (
+    GLOBAL_STRATEGIES,
+    LOCAL_STRATEGIES,
+    REGION_LAYOUTS,
+    GlobalContrastiveLoss,
+    LocalContrastiveLoss,
+    global_contrastive_loss,
+    local_contrastive_loss,
+    local_region_positions,
+    official_global_labels,
+    official_global_pairs,
+    region_weight_from_nhwc,
+)
 from ._infonce import NORMALIZATIONS, kernel_infonce, partner_weights
 from ._kernels import (
     KERNELS,
@@ -17,14 +30,20 @@ from ._kernels import (
     rbf_kernel,
 )
 from ._ntxent import NTXentLoss, nt_xent
+from ._pairwise import pairwise_infonce
 from ._wsp import WSP_KERNELS, WSPLoss, wsp_infonce
 from ._yaware import YAwareLoss, yaware_infonce
 
 __all__ = [
     "DrasCLRLoss",
+    "GLOBAL_STRATEGIES",
+    "GlobalContrastiveLoss",
     "KERNELS",
+    "LOCAL_STRATEGIES",
+    "LocalContrastiveLoss",
     "NORMALIZATIONS",
     "NTXentLoss",
+    "REGION_LAYOUTS",
     "WSP_KERNELS",
     "WSPLoss",
     "YAwareLoss",
@@ -32,12 +51,19 @@ __all__ = [
     "discrete_kernel",
     "drasclr_loss",
     "get_kernel",
+    "global_contrastive_loss",
     "kernel_infonce",
     "laplacian_kernel",
+    "local_contrastive_loss",
+    "local_region_positions",
     "nt_xent",
+    "official_global_labels",
+    "official_global_pairs",
+    "pairwise_infonce",
     "partner_weights",
     "product_kernel",
     "rbf_kernel",
+    "region_weight_from_nhwc",
     "wsp_infonce",
     "yaware_infonce",
 ]
