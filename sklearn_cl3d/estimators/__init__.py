@@ -1,6 +1,11 @@
 """The pretrainers: thin skorch glue over the shared base."""
 
-from ._base import BaseContrastivePretrainer, resolve_device
+from ._base import (
+    BaseContrastivePretrainer,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 from ._wsp import WSPPretrainer
 from ._yaware import SimCLRPretrainer, YAwarePretrainer
 
@@ -10,4 +15,6 @@ __all__ = [
     "WSPPretrainer",
     "YAwarePretrainer",
     "resolve_device",
+    "resolve_memory_format",
+    "resolve_precision",
 ]

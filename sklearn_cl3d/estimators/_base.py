@@ -37,9 +37,80 @@ from ..data import (
 )
 from ..nn import BACKBONES, ContrastiveModel, ProjectionHead, build_backbone
 
-__all__ = ["BaseContrastivePretrainer", "resolve_device"]
+__all__ = [
+    "BaseContrastivePretrainer",
+    "resolve_device",
+    "resolve_memory_format",
+    "resolve_precision",
+]
 
 FEATURE_LAYERS = ("backbone", "hidden", "projection")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision, device):
+    """Turn ``precision="auto"`` into the precision used on ``device``.
+
+    ``"auto"`` is ``"bf16"`` on a CUDA device that supports bfloat16 (fast and
+    safe: no loss scaling needed) and ``"fp32"`` elsewhere (CPUs gain little
+    from autocast and lose precision).
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16", "fp16"}
+    device : str or None
+        A resolved device string (``"cpu"``, ``"cuda:0"``, ...).
+
+    Returns
+    -------
+    str
+        ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    Examples
+    --------
+    >>> resolve_precision("auto", "cpu")
+    'fp32'
+    """
+    if precision != "auto":
+        return precision
+    if device is not None and torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "fp32"
+
+
+def resolve_memory_format(memory_format, device, ndim):
+    """The torch memory format for conv inputs of ``ndim`` dims on ``device``.
+
+    ``"auto"`` is channels-last (``channels_last_3d`` for volumes) on CUDA,
+    where cuDNN's reduced-precision convolutions prefer it, and contiguous on
+    CPUs. Inputs other than 4-D/5-D are always contiguous.
+
+    Parameters
+    ----------
+    memory_format : {"auto", "contiguous", "channels_last"}
+    device : str or None
+    ndim : int
+        Number of dimensions of the batch (5 for volumes, 4 for slices).
+
+    Returns
+    -------
+    torch.memory_format
+
+    Examples
+    --------
+    >>> resolve_memory_format("channels_last", "cpu", 5)
+    torch.channels_last_3d
+    """
+    if ndim not in (4, 5):
+        return torch.contiguous_format
+    if memory_format == "auto":
+        cuda = device is not None and torch.device(device).type == "cuda"
+        memory_format = "channels_last" if cuda else "contiguous"
+    if memory_format == "contiguous":
+        return torch.contiguous_format
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
 
 
 def resolve_device(device):
@@ -122,6 +193,9 @@ class BaseContrastivePretrainer(
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device, None],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "memory_format": [StrOptions(set(MEMORY_FORMATS))],
+        "compile": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -144,6 +218,9 @@ class BaseContrastivePretrainer(
         max_epochs=100,
         batch_size=64,
         device="auto",
+        precision="auto",
+        memory_format="auto",
+        compile=False,
         random_state=None,
         verbose=0,
         train_split=None,
@@ -173,6 +250,9 @@ class BaseContrastivePretrainer(
         self.cache = cache
         self.temperature = temperature
         self.weight_decay = weight_decay
+        self.precision = precision
+        self.memory_format = memory_format
+        self.compile = compile
         self.random_state = random_state
 
     # ------------------------------------------------------------ hooks
@@ -257,7 +337,8 @@ class BaseContrastivePretrainer(
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("_aug_generator", None)
+        for key in ("_aug_generator", "_compiled_module", "_grad_scaler"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
@@ -304,6 +385,9 @@ class BaseContrastivePretrainer(
         kwargs = {"backbone": backbone, "head": head}
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
+        fmt = self._memory_format(len(self._network_input_shape()) + 1)
+        if fmt is not torch.contiguous_format:
+            self.module_ = self.module_.to(memory_format=fmt)
         return self
 
     def initialize_criterion(self):
@@ -322,7 +406,66 @@ class BaseContrastivePretrainer(
         super().initialize()
         self.augment_ = make_augmentation(self.augmentation)
         self.normalizer_ = ZScore() if self.normalize == "zscore" else None
+        for key in ("_compiled_module", "_grad_scaler"):
+            self.__dict__.pop(key, None)
         return self
+
+    # ------------------------------------------------ speed and precision
+
+    def _precision(self):
+        return resolve_precision(self.precision, self.device)
+
+    def _autocast(self):
+        """Autocast context of ``precision`` (disabled for fp32)."""
+        precision = self._precision()
+        if precision == "fp32" or self.device is None:
+            return nullcontext()
+        kind = torch.device(self.device).type
+        return torch.autocast(kind, dtype=_AUTOCAST_DTYPES[precision])
+
+    def _memory_format(self, ndim):
+        return resolve_memory_format(self.memory_format, self.device, ndim)
+
+    def _net(self):
+        """The module called for training forwards: compiled if ``compile``."""
+        if not self.compile:
+            return self.module_
+        compiled = self.__dict__.get("_compiled_module")
+        if compiled is None:
+            compiled = torch.compile(self.module_)
+            self.__dict__["_compiled_module"] = compiled
+        return compiled
+
+    def _scaler(self):
+        """GradScaler for fp16 training (None otherwise)."""
+        if self._precision() != "fp16" or self.device is None:
+            return None
+        scaler = self.__dict__.get("_grad_scaler")
+        if scaler is None:
+            scaler = torch.amp.GradScaler(torch.device(self.device).type)
+            self.__dict__["_grad_scaler"] = scaler
+        return scaler
+
+    def train_step_single(self, batch, **fit_params):
+        scaler = self._scaler()
+        if scaler is None:
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler.scale(loss).backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _step_optimizer(self, step_fn):
+        scaler = self._scaler()
+        if scaler is None:
+            return super()._step_optimizer(step_fn)
+        step_fn()  # one forward/backward with the scaled loss
+        for name in self._optimizers:
+            scaler.step(getattr(self, name + "_"))
+        scaler.update()
+        return None
 
     def set_params(self, **kwargs):
         kwargs = dict(kwargs)
@@ -362,14 +505,24 @@ class BaseContrastivePretrainer(
 
     # -------------------------------------------------------- the step
 
+    def _to_device(self, x):
+        """Batch to the device (non-blocking from pinned memory)."""
+        if isinstance(x, torch.Tensor) and self.device is not None:
+            return x.to(self.device, non_blocking=True)
+        return to_tensor(x, device=self.device)
+
     def _prepare(self, x):
         """Batch to device, channel axis for tabular input, z-score."""
-        x = to_tensor(x, device=self.device)
+        x = self._to_device(x)
         if x.ndim == 2:
             x = x[:, None, :]
         if self.normalizer_ is not None:
             x = self.normalizer_(x)
         return x
+
+    def _as_input(self, x):
+        """A prepared batch in the memory format the network runs in."""
+        return x.contiguous(memory_format=self._memory_format(x.ndim))
 
     def _generator(self, device):
         gen = self.__dict__.get("_aug_generator")
@@ -389,7 +542,12 @@ class BaseContrastivePretrainer(
         """Two augmented views through the network: (z_view1, z_view2)."""
         x = self._prepare(x)
         v1, v2 = self._views(x)
-        return self.module_(v1, **fit_params), self.module_(v2, **fit_params)
+        net = self._net()
+        with self._autocast():
+            z1 = net(self._as_input(v1), **fit_params)
+            z2 = net(self._as_input(v2), **fit_params)
+        # the loss runs in float32 whatever the autocast precision
+        return z1.float(), z2.float()
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         z1, z2 = y_pred
@@ -403,7 +561,10 @@ class BaseContrastivePretrainer(
         Xi, _ = unpack_data(batch)
         with torch.set_grad_enabled(training):
             self._set_training(training)
-            return self.module_.encode(self._prepare(Xi), layer=self.feature_layer)
+            x = self._as_input(self._prepare(Xi))
+            with self._autocast():
+                out = self.module_.encode(x, layer=self.feature_layer)
+            return out.float()
 
     # ------------------------------------------------------ public API
 

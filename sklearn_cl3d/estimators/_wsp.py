@@ -435,7 +435,7 @@ default="tinynet"
         return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
 
     def _prepare(self, x):
-        x = to_tensor(x, device=self.device)
+        x = self._to_device(x)
         if x.ndim == 2:
             x = x[:, None, :]
         elif self.slice_size is not None and tuple(x.shape[-2:]) != (

@@ -65,6 +65,18 @@ default="cutout"
     device : str, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU; or any torch device
         string.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Autocast precision of the network's forward passes (weights stay
+        float32; the loss always runs in float32). ``"auto"`` is ``"bf16"`` on
+        a CUDA device that supports it and ``"fp32"`` elsewhere; ``"fp16"``
+        adds a gradient scaler.
+    memory_format : {"auto", "contiguous", "channels_last"}, default="auto"
+        Memory layout of the conv weights and inputs: ``"channels_last"``
+        (``channels_last_3d`` for volumes) is what cuDNN prefers in reduced
+        precision; ``"auto"`` picks it on CUDA and contiguous on CPUs.
+    compile : bool, default=False
+        Run the training forward passes through :func:`torch.compile` (the
+        first steps are slow while it compiles; pays off for long fits).
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling and augmentations, so a given
         integer gives identical results on the same machine and device.
