@@ -5,12 +5,15 @@ All operations act on a floating-point batch of shape ``(B, C, *spatial)``
 optional :class:`torch.Generator`, and return a new tensor of the same shape,
 dtype and device. The in-plane geometric operations (:class:`AxisFlip`,
 :class:`RandomAreaCrop`, :class:`RandomTranslate`, :class:`RandomRotate`)
-reproduce the 2-D augmentations of the official WSP code.
+reproduce the 2-D augmentations of the official WSP code;
+:class:`RandomBrightnessContrast` and :class:`RandomCropResize` are the views
+of global-local contrastive pretraining.
 :func:`make_augmentation` builds the pipelines of the official y-Aware and
 WSP code from their names.
 """
 
 from ._affine import AxisFlip, RandomAreaCrop, RandomRotate, RandomTranslate
+from ._intensity import RandomBrightnessContrast, RandomCropResize
 from ._presets import AUGMENTATION_PRESETS, make_augmentation
 from ._transforms import (
     Compose,
@@ -34,6 +37,8 @@ __all__ = [
     "RandomAreaCrop",
     "RandomTranslate",
     "RandomRotate",
+    "RandomBrightnessContrast",
+    "RandomCropResize",
     "RandomApply",
     "Compose",
     "make_augmentation",

@@ -5,6 +5,11 @@ from ._dataset import VolumeDataset, as_volume_dataset, is_volume_collection
 from ._io import SUPPORTED_EXTENSIONS, load_volume
 from ._landmarks import landmark_locations, landmark_neighbors, make_landmarks
 from ._nrrd import read_nrrd
+from ._partitions import (
+    PartitionBatchSampler,
+    PartitionSliceDataset,
+    partition_bounds,
+)
 from ._preprocessing import (
     CropOrPad,
     HUWindow,
@@ -25,6 +30,9 @@ from ._validation import check_input_shape, check_metadata, check_volumes
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "BalancedVolumeBatchSampler",
+    "PartitionBatchSampler",
+    "PartitionSliceDataset",
+    "partition_bounds",
     "SliceDataset",
     "central_slice_range",
     "slice_positions",

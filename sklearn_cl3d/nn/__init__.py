@@ -15,7 +15,9 @@ Backbones map a batch to ``(n, out_features)`` features and expose an int
 :class:`ProjectionHead` is the two-layer y-Aware head, and
 :class:`ContrastiveModel` chains a backbone and a head.
 :class:`CondConv3d` (functional form in :mod:`.functional`) is DrasCLR's
-location-routed expert convolution.
+location-routed expert convolution. :class:`UNet`, with its heads
+:class:`GlobalHead` and :class:`LocalHead`, is the segmentation network of
+global-local contrastive pretraining.
 :func:`build_backbone` builds a backbone from a name in :data:`BACKBONES`, a
 class or an instance.
 """
@@ -27,6 +29,7 @@ from ._densenet import DenseNet3D, densenet121
 from ._heads import LAYERS, ContrastiveModel, ProjectionHead
 from ._registry import BACKBONES, build_backbone
 from ._small import MLPEncoder, SmallCNN3D
+from ._unet import GlobalHead, LocalHead, UNet
 
 __all__ = [
     "BACKBONES",
@@ -34,11 +37,14 @@ __all__ = [
     "LAYERS",
     "ContrastiveModel",
     "DenseNet3D",
+    "GlobalHead",
+    "LocalHead",
     "MLPEncoder",
     "ProjectionHead",
     "ResNet2D",
     "SmallCNN3D",
     "TinyNet2D",
+    "UNet",
     "build_backbone",
     "densenet121",
     "functional",
