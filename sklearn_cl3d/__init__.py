@@ -1,8 +1,31 @@
 """Contrastive self-supervised pretraining for 3D medical images, as
 scikit-learn estimators trained with skorch on PyTorch."""
 
-from .estimators import SimCLRPretrainer, WSPPretrainer, YAwarePretrainer
+from ._persistence import load_pretrained, load_state_dict, save_pretrained
+from .estimators import (
+    ContrastiveSegmenter,
+    DrasCLREncoder,
+    FineTunedClassifier,
+    FineTunedRegressor,
+    GlobalLocalPretrainer,
+    SimCLRPretrainer,
+    WSPPretrainer,
+    YAwarePretrainer,
+)
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["SimCLRPretrainer", "WSPPretrainer", "YAwarePretrainer", "__version__"]
+__all__ = [
+    "ContrastiveSegmenter",
+    "DrasCLREncoder",
+    "FineTunedClassifier",
+    "FineTunedRegressor",
+    "GlobalLocalPretrainer",
+    "SimCLRPretrainer",
+    "WSPPretrainer",
+    "YAwarePretrainer",
+    "__version__",
+    "load_pretrained",
+    "load_state_dict",
+    "save_pretrained",
+]

@@ -10,6 +10,12 @@ from ._partitions import (
     PartitionSliceDataset,
     partition_bounds,
 )
+from ._patches import (
+    LandmarkPatchDataset,
+    LocationMajorBatchSampler,
+    extract_patches,
+    map_corners,
+)
 from ._preprocessing import (
     CropOrPad,
     HUWindow,
@@ -34,6 +40,10 @@ __all__ = [
     "PartitionSliceDataset",
     "partition_bounds",
     "SliceDataset",
+    "LandmarkPatchDataset",
+    "LocationMajorBatchSampler",
+    "extract_patches",
+    "map_corners",
     "central_slice_range",
     "slice_positions",
     "CropOrPad",

@@ -26,6 +26,7 @@ from skorch.callbacks import ProgressBar
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
+from .. import distributed as _dist
 from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
 from ..callbacks import StopOnNonFiniteLoss
 from ..data import (
@@ -196,6 +197,8 @@ class BaseContrastivePretrainer(
         "precision": [StrOptions(set(PRECISIONS))],
         "memory_format": [StrOptions(set(MEMORY_FORMATS))],
         "compile": ["boolean"],
+        "gather_distributed": ["boolean"],
+        "sync_batchnorm": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -221,6 +224,8 @@ class BaseContrastivePretrainer(
         precision="auto",
         memory_format="auto",
         compile=False,
+        gather_distributed=True,
+        sync_batchnorm=False,
         random_state=None,
         verbose=0,
         train_split=None,
@@ -253,6 +258,8 @@ class BaseContrastivePretrainer(
         self.precision = precision
         self.memory_format = memory_format
         self.compile = compile
+        self.gather_distributed = gather_distributed
+        self.sync_batchnorm = sync_batchnorm
         self.random_state = random_state
 
     # ------------------------------------------------------------ hooks
@@ -299,7 +306,7 @@ class BaseContrastivePretrainer(
     def _n_features_out(self):
         if not getattr(self, "initialized_", False):
             raise AttributeError("not fitted")
-        return self.module_.feature_dim(self.feature_layer)
+        return self._bare_module().feature_dim(self.feature_layer)
 
     # predict/predict_proba from NeuralNet make no sense for a transformer
     predict = available_if(_never)(NeuralNet.predict)
@@ -385,6 +392,9 @@ class BaseContrastivePretrainer(
         kwargs = {"backbone": backbone, "head": head}
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
+        if self.sync_batchnorm and _dist.is_distributed():
+            # BatchNorm statistics over the global batch (CUDA only in torch)
+            self.module_ = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.module_)
         fmt = self._memory_format(len(self._network_input_shape()) + 1)
         if fmt is not torch.contiguous_format:
             self.module_ = self.module_.to(memory_format=fmt)
@@ -528,7 +538,9 @@ class BaseContrastivePretrainer(
         gen = self.__dict__.get("_aug_generator")
         if gen is None or gen.device != torch.device(device):
             gen = torch.Generator(device=device)
-            gen.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            # other views on every process of a distributed run
+            gen.manual_seed(seed + _dist.rank())
             self.__dict__["_aug_generator"] = gen
         return gen
 
@@ -549,11 +561,34 @@ class BaseContrastivePretrainer(
         # the loss runs in float32 whatever the autocast precision
         return z1.float(), z2.float()
 
+    def _gather_batch(self, z1, z2, meta=None):
+        """The global batch of a multi-process run: (z1, z2, meta) gathered.
+
+        With ``gather_distributed`` inside a process group of more than one
+        process, the projections are gathered with gradients and ``meta``
+        (a tensor or None) without, all in rank order; otherwise the inputs
+        are returned unchanged.
+        """
+        if not (self.gather_distributed and _dist.is_distributed()):
+            return z1, z2, meta
+        z1, z2 = _dist.gather_with_grad(z1), _dist.gather_with_grad(z2)
+        if meta is not None:
+            meta = _dist.gather(meta)
+        return z1, z2, meta
+
+    def _bare_module(self):
+        """``module_`` without a DistributedDataParallel wrapper."""
+        module = self.module_
+        while isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        return module
+
     def get_loss(self, y_pred, y_true, X=None, training=False):
         z1, z2 = y_pred
         meta = None
         if self._metadata_required:
-            meta = to_tensor(y_true, device=self.device)
+            meta = to_tensor(y_true, device=z1.device)
+        z1, z2, meta = self._gather_batch(z1, z2, meta)
         return self.criterion_(z1, z2, meta)
 
     def evaluation_step(self, batch, training=False):
@@ -563,7 +598,7 @@ class BaseContrastivePretrainer(
             self._set_training(training)
             x = self._as_input(self._prepare(Xi))
             with self._autocast():
-                out = self.module_.encode(x, layer=self.feature_layer)
+                out = self._bare_module().encode(x, layer=self.feature_layer)
             return out.float()
 
     # ------------------------------------------------------ public API
@@ -676,3 +711,55 @@ class BaseContrastivePretrainer(
                 f.numpy() for f in self.forward_iter(X, training=False, device="cpu")
             ]
         return np.concatenate(out).astype(np.float32, copy=False)
+
+    # ----------------------------------------------------- persistence
+
+    def save_pretrained(self, path, *, exclude=()):
+        """Save the fitted network and its configuration to a directory.
+
+        See :func:`sklearn_cl3d.save_pretrained` (``weights.pt`` read back
+        with ``torch.load(weights_only=True)``, plus ``config.json``).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory to write (created if needed).
+        exclude : iterable of str, default=()
+            Parameters not to store (e.g. a kernel given as a lambda);
+            callbacks are never stored.
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        from .._persistence import save_pretrained
+
+        return save_pretrained(self, path, exclude=exclude)
+
+    @classmethod
+    def load_pretrained(cls, path, *, trust_imports=False, **params):
+        """Load an encoder saved with :meth:`save_pretrained`.
+
+        See :func:`sklearn_cl3d.load_pretrained`; the saved class must be this
+        class or a subclass.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory written by :meth:`save_pretrained`.
+        trust_imports : bool, default=False
+            Allow imports outside torch, skorch, scikit-learn and
+            sklearn_cl3d named in the config.
+        **params : dict
+            Constructor parameters overriding the saved ones.
+
+        Returns
+        -------
+        estimator
+            A fitted estimator with the saved weights.
+        """
+        from .._persistence import load_pretrained
+
+        return load_pretrained(
+            path, expected_class=cls, trust_imports=trust_imports, **params
+        )

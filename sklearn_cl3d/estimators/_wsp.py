@@ -456,6 +456,7 @@ default="tinynet"
     def get_loss(self, y_pred, y_true, X=None, training=False):
         z1, z2 = y_pred
         y_true = to_tensor(y_true, device=z1.device)
+        z1, z2, y_true = self._gather_batch(z1, z2, y_true)
         labels = y_true[:, 0] if self.use_labels else None
         positions = None
         if self.use_positions:

@@ -62,9 +62,10 @@ default="cutout"
         through the network). The last incomplete batch is dropped when X has
         more samples than one batch, so every step sees the same number of
         negatives; set ``iterator_train__drop_last`` to override.
-    device : str, default="auto"
+    device : str or None, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU; or any torch device
-        string.
+        string; None leaves placement to an Accelerate accelerator (see
+        :func:`sklearn_cl3d.distributed.accelerated`).
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast precision of the network's forward passes (weights stay
         float32; the loss always runs in float32). ``"auto"`` is ``"bf16"`` on
@@ -77,6 +78,16 @@ default="cutout"
     compile : bool, default=False
         Run the training forward passes through :func:`torch.compile` (the
         first steps are slow while it compiles; pays off for long fits).
+    gather_distributed : bool, default=True
+        In a multi-process run (``torchrun``, ``accelerate launch``; see
+        :func:`sklearn_cl3d.distributed.accelerated`), gather the projections
+        (with gradients) and the metadata of all processes before the loss, so
+        negatives and kernel weights span the global batch and the update
+        equals a single process's on that batch. No effect in one process.
+    sync_batchnorm : bool, default=False
+        In a multi-process run, convert the network's BatchNorm layers to
+        :class:`torch.nn.SyncBatchNorm` (statistics over the global batch of
+        each view; torch supports it on GPUs only). No effect in one process.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling and augmentations, so a given
         integer gives identical results on the same machine and device.

@@ -15,7 +15,10 @@ Backbones map a batch to ``(n, out_features)`` features and expose an int
 :class:`ProjectionHead` is the two-layer y-Aware head, and
 :class:`ContrastiveModel` chains a backbone and a head.
 :class:`CondConv3d` (functional form in :mod:`.functional`) is DrasCLR's
-location-routed expert convolution. :class:`UNet`, with its heads
+location-routed expert convolution.
+:class:`DrasCLRNet` is DrasCLR's network built from it (with its MoCo-v2
+head), and :class:`DrasCLRMoCo` adds the momentum encoder and the
+per-landmark queues. :class:`UNet`, with its heads
 :class:`GlobalHead` and :class:`LocalHead`, is the segmentation network of
 global-local contrastive pretraining.
 :func:`build_backbone` builds a backbone from a name in :data:`BACKBONES`, a
@@ -26,6 +29,7 @@ from . import functional
 from ._2d import ResNet2D, TinyNet2D, resnet18_2d
 from ._condconv import CondConv3d
 from ._densenet import DenseNet3D, densenet121
+from ._drasclr import DrasCLRMoCo, DrasCLRNet, queue_nbytes
 from ._heads import LAYERS, ContrastiveModel, ProjectionHead
 from ._registry import BACKBONES, build_backbone
 from ._small import MLPEncoder, SmallCNN3D
@@ -37,6 +41,8 @@ __all__ = [
     "LAYERS",
     "ContrastiveModel",
     "DenseNet3D",
+    "DrasCLRMoCo",
+    "DrasCLRNet",
     "GlobalHead",
     "LocalHead",
     "MLPEncoder",
@@ -48,5 +54,6 @@ __all__ = [
     "build_backbone",
     "densenet121",
     "functional",
+    "queue_nbytes",
     "resnet18_2d",
 ]

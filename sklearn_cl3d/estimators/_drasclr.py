@@ -1,0 +1,1002 @@
+"""DrasCLR: anatomy-aware contrastive pretraining on lung-CT patches at atlas
+landmarks (Yu et al., Medical Image Analysis 2023)."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from sklearn.utils._param_validation import Interval, StrOptions
+from skorch import NeuralNet
+from skorch.callbacks import LRScheduler
+from skorch.dataset import Dataset, unpack_data
+
+from ..augment import Compose, GaussianNoise, RandomApply, make_augmentation
+from ..data import landmark_neighbors, load_volume, make_landmarks
+from ..data._patches import (
+    LandmarkPatchDataset,
+    LocationMajorBatchSampler,
+    VolumeSource,
+    check_affine,
+    check_corners,
+    extract_patches,
+)
+from ..losses import DrasCLRLoss
+from ..nn import DrasCLRMoCo
+from ._base import BaseContrastivePretrainer
+
+__all__ = ["DrasCLREncoder"]
+
+POOLINGS = ("mean", "max", "none")
+#: Mean intensity (HU) below which a voxel of the mean volume is lung-like.
+LUNG_THRESHOLD_HU = -400.0
+_REP_DIM = 128
+
+# base-class parameters that have no meaning here (fixed network, own views)
+_UNUSED_BASE_PARAMS = ("backbone", "hidden_dim", "feature_layer", "normalize", "cache")
+
+
+# ------------------------------------------------------------- augmentation
+
+
+def _rotation(angles):
+    """Batched ``R0(a0) @ R1(a1) @ R2(a2)``, R_a rotating about array axis a."""
+    c, s = torch.cos(angles), torch.sin(angles)
+    batch = angles.shape[0]
+    out = torch.eye(3, dtype=angles.dtype, device=angles.device).repeat(batch, 1, 1)
+    for axis in range(3):
+        u, v = [a for a in range(3) if a != axis]
+        rot = torch.eye(3, dtype=angles.dtype, device=angles.device).repeat(batch, 1, 1)
+        rot[:, u, u] = c[:, axis]
+        rot[:, u, v] = -s[:, axis]
+        rot[:, v, u] = s[:, axis]
+        rot[:, v, v] = c[:, axis]
+        out = out @ rot
+    return out
+
+
+class _RandomAffine3D:
+    """Random rotation, scaling and translation of every cubic patch.
+
+    Output voxel at centred coordinate ``c`` (array axes) reads the input at
+    ``R @ (S @ c + t)``: ``R`` the product of rotations about the three axes,
+    each by ``U(-rotate, rotate)`` radians; ``S = diag(1 + U(-scale, scale))``
+    per axis; ``t`` a shift of ``U(-translate, translate) * size`` voxels per
+    axis. Trilinear interpolation, border padding. Every channel of a sample
+    shares its draw.
+    """
+
+    def __init__(self, rotate=math.pi / 18, scale=0.1, translate=0.375):
+        self.rotate = rotate
+        self.scale = scale
+        self.translate = translate
+
+    def __repr__(self):
+        return (
+            f"RandomAffine3D(rotate={self.rotate:.4g}, scale={self.scale}, "
+            f"translate={self.translate})"
+        )
+
+    def __call__(self, x, generator=None):
+        batch = x.shape[0]
+        if batch == 0:
+            return x.clone()
+        sizes = torch.tensor(x.shape[2:], dtype=torch.float64, device=x.device)
+
+        def draw(bound):
+            u = torch.rand(
+                batch, 3, generator=generator, device=x.device, dtype=torch.float32
+            )
+            return ((2 * u - 1) * bound).to(torch.float64)
+
+        rot = _rotation(draw(self.rotate))
+        scale = 1 + draw(self.scale)
+        shift = draw(self.translate) * sizes  # voxels
+        # centred voxel coords c = (N / 2) n for align_corners=False
+        half = sizes / 2
+        matrix = rot * scale[:, None, :]  # R @ diag(S)
+        matrix = matrix * half[None, None, :] / half[None, :, None]
+        offset = (rot @ shift[:, :, None])[:, :, 0] / half
+        # array axes (d, h, w) -> affine_grid's (x=w, y=h, z=d)
+        flip = [2, 1, 0]
+        theta = torch.cat(
+            [matrix[:, flip][:, :, flip], offset[:, flip, None]], dim=2
+        ).to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
+        work = x.to(theta.dtype)
+        grid = F.affine_grid(theta, list(work.shape), align_corners=False)
+        out = F.grid_sample(
+            work, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        return out.to(x.dtype)
+
+
+class _RandomContrast:
+    """Gamma contrast per sample: ``((x - min) / range) ** g * range + min``.
+
+    ``g ~ U(gamma)``; ``min`` and ``range`` over the sample's voxels (all
+    channels); range regularised by 1e-7.
+    """
+
+    def __init__(self, gamma=(0.5, 4.5)):
+        self.gamma = gamma
+
+    def __repr__(self):
+        return f"RandomContrast(gamma={self.gamma})"
+
+    def __call__(self, x, generator=None):
+        batch = x.shape[0]
+        if batch == 0:
+            return x.clone()
+        low, high = self.gamma
+        u = torch.rand(batch, generator=generator, device=x.device)
+        gamma = (low + (high - low) * u).to(x.dtype)
+        shape = (batch,) + (1,) * (x.ndim - 1)
+        flat = x.reshape(batch, -1)
+        lo = flat.amin(dim=1).reshape(shape)
+        span = flat.amax(dim=1).reshape(shape) - lo
+        unit = ((x - lo) / (span + 1e-7)).clamp_min(0)
+        return unit ** gamma.reshape(shape) * span + lo
+
+
+def drasclr_augmentation():
+    """The official "agc" views, in window-shifted HU (``HU - low``).
+
+    a: :class:`_RandomAffine3D` (rotation up to pi/18 per axis, scale 1 +/-
+    0.1, shift up to 0.375 of the patch, i.e. 12 voxels of 32), always; g:
+    Gaussian noise of std 50 HU with probability 0.25; c: gamma contrast,
+    ``g ~ U(0.5, 4.5)``, with probability 0.25.
+    """
+    return Compose(
+        [
+            _RandomAffine3D(),
+            RandomApply(GaussianNoise(std=50.0), p=0.25),
+            RandomApply(_RandomContrast(), p=0.25),
+        ]
+    )
+
+
+# ---------------------------------------------------------------- landmarks
+
+
+def _planar_structure(axis):
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    index = [slice(None)] * 3
+    index[axis] = 1
+    structure[tuple(index)] = ndi.generate_binary_structure(2, 1)
+    return structure
+
+
+def lung_like_mask(mean_volume, threshold=LUNG_THRESHOLD_HU):
+    """Voxels below ``threshold`` HU that are enclosed by tissue in some slice.
+
+    The body is ``mean_volume >= threshold``. A low-attenuation voxel is kept
+    when it is a hole of the body in a 2-D slice along at least one axis, so
+    the air around the body is dropped while lungs cut by the field of view
+    (open at the top or bottom) are kept.
+    """
+    low = mean_volume < threshold
+    enclosed = np.zeros(low.shape, dtype=bool)
+    for axis in range(3):
+        enclosed |= ndi.binary_fill_holes(~low, structure=_planar_structure(axis))
+    return low & enclosed
+
+
+def _locations(landmarks):
+    """``landmarks / max * 2 - 1`` per axis (an all-zero axis maps to -1)."""
+    arr = landmarks.astype(np.float64)
+    top = arr.max(axis=0)
+    top[top <= 0] = 1.0
+    return (arr / top * 2 - 1).astype(np.float32)
+
+
+def _check_affines(affines, n):
+    if affines is None:
+        return None
+    if isinstance(affines, np.ndarray | list | tuple) and len(affines) != n:
+        raise ValueError(
+            f"affines must hold one (4, 4) matrix per volume ({n}); got {len(affines)}."
+        )
+    return [check_affine(a, name=f"affines[{i}]") for i, a in enumerate(affines)]
+
+
+def _load_mask(mask):
+    if isinstance(mask, str | os.PathLike):
+        mask, _ = load_volume(mask)
+    mask = np.asarray(mask)
+    if mask.ndim == 4 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 3:
+        raise ValueError(
+            f"atlas_mask must be a 3-D array (D, H, W) or a path; got shape "
+            f"{mask.shape}."
+        )
+    return mask
+
+
+# ---------------------------------------------------------------- estimator
+
+
+class DrasCLREncoder(BaseContrastivePretrainer):
+    """DrasCLR: anatomy-aware contrastive pretraining on patches at landmarks.
+
+    Yu et al., Medical Image Analysis 2023. Every volume is cut into
+    ``patch_size`` cubes at fixed atlas landmarks. A location-conditioned
+    CNN (:class:`~sklearn_cl3d.nn.DrasCLRNet`: every convolution mixes
+    ``n_experts`` kernels with gates ``sigmoid(A p + c)`` of the patch's
+    atlas location ``p``) is trained with MoCo: two views of the patch of
+    subject ``i`` at landmark ``j`` are a positive pair, negatives are the
+    keys of earlier batches **at the same landmark** (one queue per
+    landmark), and a neighbour term contrasts the same key with the sum of
+    the embeddings of the subject's patches at the ``n_neighbors`` nearest
+    landmarks. See :func:`~sklearn_cl3d.losses.drasclr_loss`.
+
+    **Landmarks** are window corners in the atlas voxel grid (array axis
+    order of the volumes), chosen at fit time: ``landmarks`` when given (the
+    official 581-landmark table is data, not re-derived); otherwise from
+    ``atlas_mask`` with :func:`~sklearn_cl3d.data.make_landmarks` (windows of
+    ``patch_size`` on a ``landmark_stride`` grid with more than
+    ``landmark_min_fraction`` of their voxels in the mask); otherwise from the
+    data: the mean of the fit volumes (already in atlas space) is thresholded
+    at -400 HU and the low-attenuation voxels enclosed by tissue in some 2-D
+    slice are taken as a lung mask (:func:`lung_like_mask`; files are then
+    read twice). The neighbours
+    are the nearest other landmarks, ties broken by the lower index
+    (:func:`~sklearn_cl3d.data.landmark_neighbors`); the routing input is
+    ``landmarks / landmarks.max(0) * 2 - 1``.
+
+    **Registration.** Volumes are either in atlas space (same grid as the
+    atlas, no ``affines``), or in their own space with ``affines``: one
+    matrix per volume mapping atlas voxel indices to the volume's voxel
+    indices (see :func:`~sklearn_cl3d.data.map_corners`). As in the official
+    code only the window corner is mapped (rounded), the content is not
+    resampled, and window parts outside the volume are air (``hu_window``
+    low end).
+
+    **Intensities** are clipped to ``hu_window`` and shifted by its low end,
+    augmented in that space, then scaled to ``[-1, 1]`` by ``x / (width / 2)
+    - 1`` (official: [-1024, 240] HU, divide by 632).
+
+    **Training.** All patches are extracted once at fit time into a bank of
+    ``n_landmarks x n_subjects x C x patch_size**3`` float32 values. An
+    epoch walks the landmarks in order and, at each, the subjects in order
+    in batches of ``batch_size`` (every batch: distinct subjects at one
+    landmark, as the authors intended; the released code's DataLoader
+    workers never saw the landmark change). Per step: query embeddings of
+    one view of the anchors, query embeddings of the ``n_neighbors``
+    neighbour patches (a separate forward, so separate BatchNorm statistics;
+    the neighbour patches of a subject share one augmentation draw), a
+    momentum update ``key = m * key + (1 - m) * query`` of every key
+    parameter, then key embeddings of the other view; after the loss the
+    unit keys are pushed to the landmark's queue. SGD (lr 0.01, momentum
+    0.9, weight decay 1e-4 on all parameters) with a per-epoch cosine
+    schedule, as the official run.
+
+    **Queue memory**: ``projection_dim * queue_size * n_landmarks * 4``
+    bytes, i.e. 128 x 4096 x 581 x 4 = 1.22 GB with the official settings;
+    fit raises a ``MemoryError`` giving this size when it cannot be
+    allocated. The queues and the key network stay in the fitted estimator
+    (so ``partial_fit`` continues training exactly) and are part of its
+    pickle.
+
+    **Output.** ``transform_patches`` returns the representation ``h`` (128-d,
+    before the head) of every landmark patch, ``(n_subjects, n_landmarks,
+    128)``, computed in eval mode with each patch's own location (the
+    official feature extraction). ``transform`` pools them per subject.
+
+    Parameters
+    ----------
+    patch_size : int, default=32
+        Edge of the cubic patches (official: 32). Patches up to 32 voxels end
+        in a 1^3 map as in the official network; larger ones are
+        average-pooled at the end.
+    n_experts : int, default=8
+        Expert kernels per convolution.
+    n_neighbors : int, default=2
+        Neighbour landmarks of the neighbour term, < number of landmarks.
+    queue_size : int, default=4096
+        Keys per landmark queue.
+    momentum : float, default=0.999
+        Momentum ``m`` of the key network.
+    temperature : float, default=0.2
+        Softmax temperature, > 0.
+    beta : float, default=1.0
+        Weight of the neighbour term (no warm-up, as the official run).
+    projection_dim : int, default=128
+        Size of the contrastive embedding (and of the queue vectors).
+    landmarks : array-like of shape (n_landmarks, 3) or None, default=None
+        Window corners in atlas voxel indices. Every window must lie inside
+        the atlas grid (the volumes' grid without ``affines``, else
+        ``atlas_mask``'s when given).
+    atlas_mask : array-like of shape (D, H, W), path or None, default=None
+        Atlas region mask (> 0 inside) the landmarks are derived from when
+        ``landmarks`` is None. None: derive it from the mean fit volume (see
+        above; needs volumes in atlas space).
+    landmark_stride : int, default=26
+        Step of the landmark grid when deriving landmarks.
+    landmark_min_fraction : float, default=0.1
+        A window is a landmark when more than this fraction of it is inside
+        the mask.
+    hu_window : tuple of 2 floats, default=(-1024.0, 240.0)
+        Intensity window ``(low, high)``, ``low < high``.
+    pooling : {"mean", "max", "none"}, default="mean"
+        How ``transform`` combines a subject's landmark features: mean or max
+        over landmarks ``(n, 128)``, or ``"none"``: all of them, flattened
+        landmark-major ``(n, n_landmarks * 128)``.
+    augmentation : {"drasclr", "none"}, callable or None, default="drasclr"
+        Views, applied on the device in window-shifted HU: ``"drasclr"`` is
+        the official "agc" pipeline (random affine always; Gaussian noise of
+        std 50 HU and gamma contrast in (0.5, 4.5), each with probability
+        0.25). A callable gets ``(B, C, P, P, P)`` and a ``generator``
+        keyword.
+    preprocessing : list of transformers, Pipeline or None, default=None
+        Run on every volume when it is loaded (see
+        :func:`~sklearn_cl3d.data.make_preprocessing`).
+    optimizer : torch optimizer class, default=torch.optim.SGD
+        Optimizer; ``optimizer__*`` parameters are passed to it. SGD gets
+        momentum 0.9 unless ``optimizer__momentum`` is given.
+    lr : float, default=0.01
+        Learning rate.
+    weight_decay : float, default=1e-4
+        Weight decay (all parameters).
+    lr_schedule : {"cosine"} or None, default="cosine"
+        Per-epoch cosine annealing to 0 over ``max_epochs``.
+    max_epochs : int, default=20
+        Epochs (each visits every landmark of every subject once).
+    precision : {"fp32", "auto", "bf16", "fp16"}, default="fp32"
+        Autocast precision. Unlike the other pretrainers the default is fp32
+        (as the official code): in bfloat16 the 13 BatchNorm layers over
+        small location-major batches overflowed to NaN in our tests; fp16
+        (with loss scaling) trained fine.
+    batch_size : int, default=128
+        Subjects per batch, >= 2 (capped at the number of subjects); also the
+        number of patches per forward in ``transform``.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weights, queues and augmentations.
+    verbose : int, default=0
+        0 is silent; 1 shows progress and a table per epoch.
+    train_split : None, default=None
+        Must be None: there is no validation split of the patches.
+    callbacks : list of (name, callback) or None, default=None
+        Extra skorch callbacks.
+    **kwargs : dict
+        The speed options of the other pretrainers (``precision``,
+        ``memory_format``, ``compile``) and other skorch ``NeuralNet``
+        parameters (``optimizer__*``, ``iterator_train__num_workers``, ...).
+
+    Attributes
+    ----------
+    module_ : DrasCLRMoCo
+        Query network (``module_.query``), key network (``module_.key``) and
+        queues (``module_.queue``, ``module_.queue_ptr``).
+    criterion_ : DrasCLRLoss
+        The loss.
+    landmarks_ : ndarray of int64, shape (n_landmarks, 3)
+        Window corners used.
+    neighbors_ : ndarray of int64, shape (n_landmarks, n_neighbors)
+        Neighbour landmarks of every landmark.
+    locations_ : ndarray of float32, shape (n_landmarks, 3)
+        Routing input of every landmark.
+    n_landmarks_ : int
+        Number of landmarks.
+    atlas_shape_ : tuple of int or None
+        Atlas grid the landmarks were checked against.
+    input_shape_ : tuple of int
+        ``(C, P, P, P)``: channels of the volumes and patch shape.
+    history_ : skorch.History
+        Training losses (``train_loss``; per batch also ``local_loss`` and
+        ``neighbor_loss``).
+    device_ : str
+        The device training ran on.
+
+    See Also
+    --------
+    sklearn_cl3d.losses.drasclr_loss : the loss.
+    sklearn_cl3d.nn.DrasCLRNet : the network.
+    sklearn_cl3d.data.extract_patches : the patches.
+
+    References
+    ----------
+    .. [1] K. Yu et al., "DrasCLR", Medical Image Analysis, article 103062
+       (2023); arXiv:2302.10390.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cl3d import DrasCLREncoder
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(-700, 200, size=(4, 16, 16, 16)).astype("float32")
+    >>> corners = [[0, 0, 0], [0, 8, 8], [8, 0, 8]]
+    >>> enc = DrasCLREncoder(patch_size=8, n_experts=2, landmarks=corners,
+    ...                      queue_size=8, batch_size=2, max_epochs=1,
+    ...                      random_state=0)
+    >>> enc.fit(X).transform(X).shape
+    (4, 128)
+    >>> enc.transform_patches(X).shape
+    (4, 3, 128)
+    """
+
+    _parameter_constraints = {
+        **{
+            k: v
+            for k, v in BaseContrastivePretrainer._parameter_constraints.items()
+            if k not in _UNUSED_BASE_PARAMS and k != "augmentation"
+        },
+        "patch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_experts": [Interval(Integral, 1, None, closed="left")],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "queue_size": [Interval(Integral, 1, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "landmarks": ["array-like", None],
+        "atlas_mask": ["array-like", str, os.PathLike, None],
+        "landmark_stride": [Interval(Integral, 1, None, closed="left")],
+        "landmark_min_fraction": [Interval(Real, 0, 1, closed="left")],
+        "hu_window": [tuple, list],
+        "pooling": [StrOptions(set(POOLINGS))],
+        "augmentation": [StrOptions({"drasclr", "none"}), callable, None],
+        "lr_schedule": [StrOptions({"cosine"}), None],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        *,
+        patch_size=32,
+        n_experts=8,
+        n_neighbors=2,
+        queue_size=4096,
+        momentum=0.999,
+        temperature=0.2,
+        beta=1.0,
+        projection_dim=128,
+        landmarks=None,
+        atlas_mask=None,
+        landmark_stride=26,
+        landmark_min_fraction=0.1,
+        hu_window=(-1024.0, 240.0),
+        pooling="mean",
+        augmentation="drasclr",
+        preprocessing=None,
+        optimizer=torch.optim.SGD,
+        lr=0.01,
+        weight_decay=1e-4,
+        lr_schedule="cosine",
+        max_epochs=20,
+        batch_size=128,
+        precision="fp32",
+        **kwargs,
+    ):
+        kwargs.setdefault("module", DrasCLRMoCo)
+        super().__init__(
+            precision=precision,
+            projection_dim=projection_dim,
+            augmentation=augmentation,
+            preprocessing=preprocessing,
+            temperature=temperature,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            **kwargs,
+        )
+        for name in _UNUSED_BASE_PARAMS:
+            self.__dict__.pop(name, None)
+        self.patch_size = patch_size
+        self.n_experts = n_experts
+        self.n_neighbors = n_neighbors
+        self.queue_size = queue_size
+        self.momentum = momentum
+        self.beta = beta
+        self.landmarks = landmarks
+        self.atlas_mask = atlas_mask
+        self.landmark_stride = landmark_stride
+        self.landmark_min_fraction = landmark_min_fraction
+        self.hu_window = hu_window
+        self.pooling = pooling
+        self.lr_schedule = lr_schedule
+
+    # ------------------------------------------------------------ hooks
+
+    @classmethod
+    def _default_criterion(cls):
+        return DrasCLRLoss
+
+    def _criterion_params(self):
+        return {"temperature": self.temperature, "beta": self.beta}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False  # volumes only
+        return tags
+
+    def _check_params(self):
+        super()._check_params()
+        self._window()
+        if self.train_split is not None:
+            raise ValueError(
+                f"{type(self).__name__} trains on location-major batches of all "
+                "patches and has no validation split: use train_split=None (and "
+                "monitor 'train_loss')."
+            )
+
+    def _window(self):
+        window = self.hu_window
+        ok = isinstance(window, tuple | list) and len(window) == 2
+        ok = ok and all(
+            isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+            for v in window
+        )
+        if not ok or not window[0] < window[1]:
+            raise ValueError(
+                "hu_window must be a pair (low, high) of finite numbers with low < "
+                f"high; got {window!r}."
+            )
+        return float(window[0]), float(window[1])
+
+    @property
+    def _n_features_out(self):
+        if not getattr(self, "initialized_", False):
+            raise AttributeError("not fitted")
+        if self.pooling == "none":
+            return self.n_landmarks_ * _REP_DIM
+        return _REP_DIM
+
+    def get_default_callbacks(self):
+        callbacks = super().get_default_callbacks()
+        if self.lr_schedule == "cosine":
+            schedule = LRScheduler(
+                policy="CosineAnnealingLR", T_max=max(1, self.max_epochs), eta_min=0
+            )
+            callbacks.append(("lr_scheduler", schedule))
+        return callbacks
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix == "optimizer" and self.optimizer is torch.optim.SGD:
+            kwargs.setdefault("momentum", 0.9)  # the official SGD
+        return args, kwargs
+
+    def get_all_learnable_params(self):
+        # the key network follows the query by momentum, never by gradient
+        for name, param in super().get_all_learnable_params():
+            if param.requires_grad:
+                yield name, param
+
+    def initialize(self):
+        NeuralNet.initialize(self)
+        if isinstance(self.augmentation, str) and self.augmentation == "drasclr":
+            self.augment_ = drasclr_augmentation()
+        else:
+            self.augment_ = make_augmentation(self.augmentation)
+        self.normalizer_ = None
+        for key in ("_compiled_module", "_grad_scaler"):
+            self.__dict__.pop(key, None)
+        return self
+
+    def initialize_module(self):
+        if not hasattr(self, "landmarks_"):
+            raise AttributeError(
+                f"{type(self).__name__} builds its network and queues from the "
+                "landmarks found in the data: call fit(X) instead of initialize()."
+            )
+        kwargs = {
+            "n_landmarks": self.n_landmarks_,
+            "in_channels": self.input_shape_[0],
+            "n_experts": self.n_experts,
+            "rep_dim": _REP_DIM,
+            "projection_dim": self.projection_dim,
+            "queue_size": self.queue_size,
+            "momentum": self.momentum,
+        }
+        kwargs.update(self.get_params_for("module"))
+        self.module_ = self.initialized_instance(self.module, kwargs)
+        fmt = self._memory_format(5)
+        if fmt is not torch.contiguous_format:
+            self.module_ = self.module_.to(memory_format=fmt)
+        return self
+
+    # ------------------------------------------------------------ data
+
+    def _lazy(self, X):
+        return True
+
+    def _metadata(self, n_samples, y, fit_params):
+        self.__dict__["_affines"] = fit_params.pop("affines", None)
+        return None
+
+    def _fit_landmarks(self, source, affines):
+        """Landmarks, neighbours, locations and atlas grid for this fit."""
+        atlas_shape = None
+        mask = None
+        if self.atlas_mask is not None:
+            mask = _load_mask(self.atlas_mask)
+            atlas_shape = tuple(int(s) for s in mask.shape)
+        if self.landmarks is not None:
+            landmarks = check_corners(self.landmarks)
+        else:
+            if mask is None:
+                if affines is not None:
+                    raise ValueError(
+                        "with affines the volumes are not in atlas space, so the "
+                        "landmarks cannot be derived from their mean: pass "
+                        "atlas_mask= (the atlas region mask) or landmarks=."
+                    )
+                mask = lung_like_mask(self._mean_volume(source))
+                atlas_shape = tuple(int(s) for s in mask.shape)
+                if not mask.any():
+                    warnings.warn(
+                        "no lung-like region (mean below -400 HU, enclosed by "
+                        "tissue) in the mean volume; landmarks are taken over the "
+                        "whole grid. Pass atlas_mask= or landmarks= to choose them.",
+                        UserWarning,
+                        stacklevel=4,
+                    )
+                    mask = np.ones(mask.shape, dtype=bool)
+            try:
+                landmarks = make_landmarks(
+                    mask,
+                    patch_size=self.patch_size,
+                    stride=self.landmark_stride,
+                    min_fraction=self.landmark_min_fraction,
+                )
+            except ValueError as exc:
+                raise ValueError(
+                    f"cannot place landmarks of patch_size={self.patch_size} in the "
+                    f"atlas grid of shape {mask.shape}: {exc}"
+                ) from None
+        n = len(landmarks)
+        if n == 0:
+            raise ValueError(
+                "no landmark: no window of patch_size="
+                f"{self.patch_size} on the landmark_stride={self.landmark_stride} "
+                f"grid has more than landmark_min_fraction="
+                f"{self.landmark_min_fraction} of its voxels in the mask (or "
+                "landmarks= is empty). Pass landmarks= or a smaller patch_size."
+            )
+        if atlas_shape is not None:
+            over = (landmarks + self.patch_size > np.asarray(atlas_shape)).any(axis=1)
+            if over.any():
+                j = int(np.flatnonzero(over)[0])
+                raise ValueError(
+                    f"landmark {j} at corner {landmarks[j].tolist()}: its window of "
+                    f"patch_size={self.patch_size} lies outside the atlas grid of "
+                    f"shape {atlas_shape}."
+                )
+        if self.n_neighbors >= n:
+            raise ValueError(
+                f"n_neighbors={self.n_neighbors} must be smaller than the number of "
+                f"landmarks ({n})."
+            )
+        neighbors = landmark_neighbors(landmarks, k=self.n_neighbors)
+        return landmarks, neighbors, atlas_shape
+
+    def _mean_volume(self, source):
+        total = None
+        for i in range(len(source)):
+            volume = source.volume(i)
+            if total is None:
+                total = np.zeros(volume.shape[1:], dtype=np.float64)
+                first = volume.shape
+            elif volume.shape != first:
+                raise ValueError(
+                    f"{source.name(i)} has shape {volume.shape} but {source.name(0)} "
+                    f"has {first}: volumes in atlas space share one grid. Register "
+                    "them, or pass affines= with atlas_mask= or landmarks=."
+                )
+            total += volume.mean(axis=0)
+        return total / len(source)
+
+    def _subject_patches(self, source, i, landmarks, affines, n_channels=None):
+        """Clipped, window-shifted patches (L, C, P, P, P) of volume ``i``."""
+        low, high = self._window()
+        volume = source.volume(i)
+        if n_channels is not None and volume.shape[0] != n_channels:
+            raise ValueError(
+                f"{source.name(i)} has {volume.shape[0]} channel(s), but the "
+                f"encoder expects {n_channels}."
+            )
+        if min(volume.shape[1:]) < self.patch_size:
+            raise ValueError(
+                f"{source.name(i)} of spatial shape {volume.shape[1:]} is smaller "
+                f"than a patch (patch_size={self.patch_size})."
+            )
+        try:
+            patches = extract_patches(
+                volume,
+                landmarks,
+                self.patch_size,
+                affine=None if affines is None else affines[i],
+                outside="raise" if affines is None else "fill",
+                fill_value=low,
+            )
+        except ValueError as exc:
+            raise ValueError(f"{source.name(i)}: {exc}") from None
+        np.clip(patches, low, high, out=patches)
+        patches -= low
+        return patches
+
+    def _as_dataset(self, X, y, *, reset):
+        source = VolumeSource(X, preprocessing=self.preprocessing)
+        n = len(source)
+        if n < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 volumes (BatchNorm and the "
+                f"contrast are over subjects); got {n}."
+            )
+        affines = _check_affines(self.__dict__.get("_affines"), n)
+        if reset:
+            landmarks, neighbors, atlas_shape = self._fit_landmarks(source, affines)
+            n_channels = None
+        else:
+            landmarks, neighbors = self.landmarks_, self.neighbors_
+            n_channels = self.input_shape_[0]
+        first = self._subject_patches(source, 0, landmarks, affines, n_channels)
+        shape = (len(landmarks), n, *first.shape[1:])
+        try:
+            bank = np.empty(shape, dtype=np.float32)
+        except MemoryError:
+            nbytes = int(np.prod(shape)) * 4
+            raise MemoryError(
+                f"the patch bank (n_landmarks x n_subjects x C x patch_size**3 "
+                f"float32 = {shape}) needs {nbytes / 1e9:.2f} GB, which could not be "
+                "allocated; use fewer landmarks or subjects."
+            ) from None
+        bank[:, 0] = first
+        for i in range(1, n):
+            bank[:, i] = self._subject_patches(
+                source, i, landmarks, affines, first.shape[1]
+            )
+        if reset:
+            self.landmarks_ = landmarks
+            self.neighbors_ = neighbors
+            self.locations_ = _locations(landmarks)
+            self.n_landmarks_ = len(landmarks)
+            self.atlas_shape_ = atlas_shape
+            self.input_shape_ = tuple(int(s) for s in first.shape[1:])
+            if hasattr(self, "n_features_in_"):
+                del self.n_features_in_
+        return LandmarkPatchDataset(bank, neighbors)
+
+    def get_dataset(self, X, y=None):
+        if isinstance(X, torch.utils.data.Dataset):
+            return X
+        return super().get_dataset(X, y)
+
+    def get_iterator(self, dataset, training=False):
+        if not (training and isinstance(dataset, LandmarkPatchDataset)):
+            return super().get_iterator(dataset, training=training)
+        kwargs = self.get_params_for("iterator_train")
+        for key in ("batch_size", "shuffle", "drop_last", "sampler"):
+            kwargs.pop(key, None)
+        sampler = LocationMajorBatchSampler(
+            dataset.n_landmarks, dataset.n_subjects, self.batch_size
+        )
+        if self.device is not None and torch.device(self.device).type == "cuda":
+            kwargs.setdefault("pin_memory", True)
+        return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
+
+    # -------------------------------------------------------- the step
+
+    def _moco(self):
+        """``module_`` without a DistributedDataParallel wrapper."""
+        module = self.module_
+        while isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        return module
+
+    def _scale(self, x):
+        low, high = self._window()
+        return x / ((high - low) / 2) - 1
+
+    def _view(self, x):
+        if self.augment_ is None:
+            return x
+        return self.augment_(x, generator=self._generator(x.device))
+
+    def infer(self, x, **fit_params):
+        """Query, key and neighbour embeddings of one location-major batch.
+
+        Returns ``(q, k, neighbors, landmark)``: ``q`` and ``k`` of shape
+        (B, projection_dim), ``neighbors`` (B, n_neighbors, projection_dim).
+        """
+        patches = self._to_device(x["patches"]).float()
+        nbrs = self._to_device(x["neighbors"]).float()
+        # landmark ids stay on the host (no device sync for the routing)
+        marks = torch.as_tensor(x["landmark"]).reshape(-1).cpu()
+        landmark = int(marks[0])
+        if not bool((marks == landmark).all()):
+            raise ValueError(
+                "DrasCLR batches must be location-major: all anchors of a batch "
+                f"at one landmark; got landmarks {sorted(set(marks.tolist()))}."
+            )
+        batch, k = nbrs.shape[:2]
+        locations = torch.as_tensor(self.locations_, device=patches.device)
+        neighbors = torch.as_tensor(self.neighbors_[landmark], device=patches.device)
+        loc_anchor = locations[landmark].expand(batch, -1)
+        loc_nbrs = locations[neighbors].repeat(batch, 1)
+        v1 = self._scale(self._view(patches))
+        v2 = self._scale(self._view(patches))
+        # the k neighbour patches of a subject are channels of one draw
+        stacked = nbrs.reshape(batch, -1, *nbrs.shape[3:])
+        v3 = self._scale(self._view(stacked)).reshape(batch * k, *nbrs.shape[2:])
+        net = self._net()
+        with self._autocast():
+            q = net(self._as_input(v1), loc_anchor)
+            r = net(self._as_input(v3), loc_nbrs).reshape(batch, k, -1)
+            moco = self._moco()
+            if moco.training:
+                moco.momentum_update(self.momentum)
+            key = moco.keys(self._as_input(v2), loc_anchor)
+        # the loss runs in float32 whatever the autocast precision
+        return q.float(), key.float(), r.float(), landmark
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        q, key, neighbors, landmark = y_pred
+        moco = self._moco()
+        queue = moco.queue[landmark].clone()
+        local, neighbor, total = self.criterion_(q, key, neighbors, queue)
+        if training:
+            moco.enqueue(key, landmark)
+            if self.history:
+                self.history.record_batch("local_loss", float(local.detach()))
+                self.history.record_batch("neighbor_loss", float(neighbor.detach()))
+        return total
+
+    def evaluation_step(self, batch, training=False):
+        self.check_is_fitted()
+        Xi, _ = unpack_data(batch)
+        patches = self._to_device(Xi["patches"]).float()
+        marks = self._to_device(Xi["landmark"]).long()
+        locations = torch.as_tensor(self.locations_, device=patches.device)[marks]
+        with torch.set_grad_enabled(training):
+            self._set_training(training)
+            x = self._as_input(self._scale(patches))
+            with self._autocast():
+                out = self._moco().encode(x, locations)
+            return out.float()
+
+    # ------------------------------------------------------ public API
+
+    def _fit_with(self, X, y, affines, fit_params, partial):
+        if affines is not None:
+            fit_params["affines"] = affines
+        try:
+            return self._fit(X, y, fit_params, partial=partial)
+        finally:
+            self.__dict__.pop("_affines", None)
+
+    def fit(self, X, y=None, affines=None, **fit_params):
+        """Pick the landmarks, extract the patches and pretrain.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W), or list
+            CT volumes in HU: an array, a list of arrays (shapes may differ
+            with ``affines``), a list of ``.nii``/``.nii.gz``/``.nrrd``/
+            ``.npy`` paths or nibabel images, or a VolumeDataset.
+        y : Ignored
+            Not used, present for API consistency (the Pipeline target).
+        affines : array-like of shape (n, 4, 4), default=None
+            Atlas-to-volume voxel maps, one per volume (None: the volumes are
+            in atlas space). Route with ``set_fit_request(affines=True)`` in
+            a Pipeline.
+        **fit_params : dict
+            Passed to skorch.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit_with(X, y, affines, fit_params, partial=False)
+
+    def partial_fit(self, X, y=None, classes=None, affines=None, **fit_params):
+        """Train ``max_epochs`` more epochs on X (fit first if needed).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Volumes, as in ``fit``; the fitted landmarks are kept.
+        y : Ignored
+            Not used.
+        classes : Ignored
+            Not used.
+        affines : array-like of shape (n, 4, 4), default=None
+            Atlas-to-volume voxel maps.
+        **fit_params : dict
+            Passed to skorch.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit_with(X, y, affines, fit_params, partial=True)
+
+    def transform_patches(self, X, affines=None):
+        """Representation of every landmark patch of every volume.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Volumes, as in ``fit``.
+        affines : array-like of shape (n, 4, 4), default=None
+            Atlas-to-volume voxel maps.
+
+        Returns
+        -------
+        ndarray of float32, shape (n_subjects, n_landmarks, 128)
+        """
+        self.check_is_fitted()
+        source = VolumeSource(X, preprocessing=self.preprocessing)
+        n = len(source)
+        affines = _check_affines(affines, n)
+        landmark_index = np.arange(self.n_landmarks_)
+        out = np.empty((n, self.n_landmarks_, _REP_DIM), dtype=np.float32)
+        with self._on_device():
+            for i in range(n):
+                patches = self._subject_patches(
+                    source, i, self.landmarks_, affines, self.input_shape_[0]
+                )
+                ds = Dataset({"patches": patches, "landmark": landmark_index})
+                feats = [
+                    f.numpy()
+                    for f in self.forward_iter(ds, training=False, device="cpu")
+                ]
+                out[i] = np.concatenate(feats)
+        return out
+
+    def transform(self, X, affines=None):
+        """Patient-level features: the landmark features pooled per volume.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Volumes, as in ``fit``.
+        affines : array-like of shape (n, 4, 4), default=None
+            Atlas-to-volume voxel maps (route with
+            ``set_transform_request(affines=True)``).
+
+        Returns
+        -------
+        ndarray of float32
+            ``(n, 128)`` for ``pooling="mean"`` or ``"max"``; ``(n,
+            n_landmarks * 128)`` for ``"none"`` (landmark-major).
+        """
+        feats = self.transform_patches(X, affines=affines)
+        if self.pooling == "mean":
+            return feats.mean(axis=1)
+        if self.pooling == "max":
+            return feats.max(axis=1)
+        return feats.reshape(len(feats), -1)
+
+    def fit_transform(self, X, y=None, affines=None, **fit_params):
+        """Fit, then transform X (with the same affines).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Volumes.
+        y : Ignored
+            Not used.
+        affines : array-like of shape (n, 4, 4), default=None
+            Atlas-to-volume voxel maps.
+        **fit_params : dict
+            Passed to ``fit``.
+
+        Returns
+        -------
+        ndarray of float32
+            See :meth:`transform`.
+        """
+        return self.fit(X, y, affines=affines, **fit_params).transform(
+            X, affines=affines
+        )

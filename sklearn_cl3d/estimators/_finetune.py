@@ -1,0 +1,1187 @@
+"""Supervised fine-tuning of a pretrained encoder, and the same network
+trained from scratch (the baseline of every transfer experiment)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import ClassifierMixin, RegressorMixin, clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+from sklearn.utils import check_array, check_random_state, column_or_1d
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from skorch import NeuralNet
+from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.dataset import ValidSplit
+from skorch.utils import to_tensor
+from torch import nn
+
+from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
+from ..callbacks import StopOnNonFiniteLoss
+from ..data import VolumeDataset, check_volumes
+from ..data._slices import SliceDataset
+from ..nn import BACKBONES, DenseNet3D, build_backbone
+from ._base import BaseContrastivePretrainer, resolve_device
+
+__all__ = [
+    "FineTuneNetwork",
+    "FineTunedClassifier",
+    "FineTunedRegressor",
+    "backbone_blocks",
+]
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+# ----------------------------------------------------------------- network
+
+
+def backbone_blocks(backbone, exclude=()):
+    """Split a backbone into its successive trainable blocks.
+
+    The blocks are the backbone's parameterised sub-modules in forward
+    order, found by descending through lone containers (``features`` of a
+    DenseNet, ``layers`` of an MLP). A normalisation layer joins the block
+    before it, and a DenseNet transition joins its dense block, so a
+    DenseNet-121 has 5 blocks (stem, dense blocks 1-4), a ResNet-18 5 (stem,
+    ``layer1``-``layer4``), a small CNN one per convolution and an MLP one
+    per linear layer.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+    exclude : iterable of str, default=()
+        Sub-module names (relative to ``backbone``) left out, e.g. a final
+        BatchNorm added for fine-tuning.
+
+    Returns
+    -------
+    blocks : list of list of str
+        The sub-module names of each block, relative to ``backbone``.
+
+    Examples
+    --------
+    >>> from sklearn_cl3d.nn import DenseNet3D
+    >>> net = DenseNet3D(growth_rate=4, block_config=(1, 1), num_init_features=8)
+    >>> backbone_blocks(net)
+    [['features.conv0', 'features.norm0'], ['features.denseblock1', \
+'features.transition1'], ['features.denseblock2']]
+    """
+    exclude = set(exclude)
+
+    def has_params(module):
+        return next(module.parameters(), None) is not None
+
+    prefix, module = "", backbone
+    while True:
+        kids = [(n, m) for n, m in module.named_children() if has_params(m)]
+        own = next(module.parameters(recurse=False), None)
+        if len(kids) == 1 and own is None and next(kids[0][1].children(), None):
+            prefix += kids[0][0] + "."
+            module = kids[0][1]
+            continue
+        break
+    blocks = []
+    for name, child in kids:
+        full = prefix + name
+        if full in exclude:
+            continue
+        if blocks and (isinstance(child, _NORMS) or name.startswith("transition")):
+            blocks[-1].append(full)
+        else:
+            blocks.append([full])
+    return blocks
+
+
+class FineTuneNetwork(nn.Module):
+    """A backbone followed by a task head; frozen blocks stay in eval mode.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        Encoder mapping a batch to ``(n, backbone.out_features)``.
+    head : torch.nn.Module
+        Maps the features to the outputs (class logits or regression values).
+    frozen : tuple of str, default=()
+        Names of backbone sub-modules whose parameters are frozen (``""``
+        is the whole backbone): they are kept in eval mode (BatchNorm
+        statistics and dropout fixed) even when the network trains.
+    added : tuple of str, default=()
+        Names of backbone sub-modules added for fine-tuning (freshly
+        initialised, trained with the head's learning rate), e.g. the final
+        BatchNorm ``"features.norm5"`` of a DenseNet in classifier mode.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.nn import MLPEncoder
+    >>> net = FineTuneNetwork(MLPEncoder(6, hidden_dims=(5,)), torch.nn.Linear(5, 2))
+    >>> net(torch.zeros(3, 6)).shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(self, backbone, head, frozen=(), added=()):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.frozen = tuple(frozen)
+        self.added = tuple(added)
+
+    def train(self, mode=True):
+        super().train(mode)
+        for name in self.frozen:
+            self.backbone.get_submodule(name).eval()
+        for name in self.added:
+            self.backbone.get_submodule(name).train(mode)
+        return self
+
+    def forward(self, x):
+        """Return the head's output for the batch ``x``."""
+        return self.head(self.backbone(x))
+
+
+def _never(self):
+    return False
+
+
+def _patience(early_stopping):
+    """Patience of ``early_stopping`` (0 when off or not valid; fit validates)."""
+    if early_stopping is True:
+        return 10
+    if isinstance(early_stopping, Integral) and early_stopping > 0:
+        return int(early_stopping)
+    return 0
+
+
+def _reset_parameters(module):
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def _bare(estimator):
+    bare = getattr(estimator, "_bare_module", None)
+    return bare() if bare is not None else estimator.module_
+
+
+class _VolumeSplit:
+    """Validation split of a :class:`SliceDataset` by volume (never by slice)."""
+
+    def __init__(self, fraction, stratified, random_state):
+        self.fraction = fraction
+        self.stratified = stratified
+        self.random_state = random_state
+
+    def __call__(self, dataset, y=None, **kwargs):
+        n, k = dataset.n_volumes, dataset.n_kept
+        labels = dataset.labels if self.stratified else None
+        cls = StratifiedShuffleSplit if labels is not None else ShuffleSplit
+        splitter = cls(
+            n_splits=1, test_size=self.fraction, random_state=self.random_state
+        )
+        train, valid = next(splitter.split(np.zeros((n, 1)), labels))
+
+        def slices(volumes):
+            return (np.asarray(volumes)[:, None] * k + np.arange(k)).ravel()
+
+        return (
+            torch.utils.data.Subset(dataset, slices(train)),
+            torch.utils.data.Subset(dataset, slices(valid)),
+        )
+
+
+class _WithTarget(torch.utils.data.Dataset):
+    """The volumes of a lazy dataset paired with encoded targets."""
+
+    def __init__(self, volumes, target):
+        self.volumes = volumes
+        self.target = target
+
+    def __len__(self):
+        return len(self.volumes)
+
+    def __getitem__(self, i):
+        return self.volumes[i][0], self.target[i]
+
+
+# --------------------------------------------------------------- estimator
+
+_COMMON_DOC = """
+    pretrained : fitted pretrainer, str, path-like or None, default=None
+        Where the encoder comes from: a fitted pretrainer of this package
+        (its ``module_.backbone`` is copied; the pretrainer is never changed
+        or refitted, and :func:`~sklearn.base.clone` keeps the reference, so
+        every clone in a cross-validation or grid search starts from the
+        same weights), the directory of an encoder saved with
+        ``save_pretrained``, or None to train ``backbone`` from scratch.
+        The pretrainer's input conventions carry over: for a
+        :class:`~sklearn_cl3d.WSPPretrainer` with a 2-D encoder the network
+        is trained on the kept slices of each volume (each slice labelled
+        with its volume's target) and a volume's prediction is the mean of
+        its slices' predictions (probabilities for a classifier), as in the
+        official WSP fine-tuning.
+    init : {"pretrained", "random"}, default="pretrained"
+        ``"random"`` builds the pretrained encoder's architecture (and input
+        conventions) with fresh weights: the from-scratch baseline with an
+        identical network. A backbone given as a module instance is then
+        re-initialised with each layer's ``reset_parameters``.
+    backbone : {"densenet121", "densenet", "small3d", "mlp"}, class or \
+nn.Module, default="densenet121"
+        The encoder built when ``pretrained`` is None (ignored otherwise),
+        with the ``backbone__*`` parameters, as in the pretrainers. A module
+        instance is copied (so its weights are the starting point).
+    head : "linear" or callable, default="linear"
+        The task head on the pooled features: a linear layer (zero bias) or
+        ``head(in_features, n_outputs) -> nn.Module``.
+    final_norm : bool, default=True
+        For a DenseNet backbone without one, add the final BatchNorm
+        (``features.norm5``, freshly initialised) of the official
+        classifier mode, as the official y-Aware fine-tuning does.
+    freeze : {"none", "backbone"} or int, default="none"
+        ``"none"`` fine-tunes the whole network (the official y-Aware
+        protocol); ``"backbone"`` trains only the head (and the added final
+        BatchNorm) on frozen features; an int n freezes the first n blocks
+        of the backbone (see :func:`backbone_blocks`: a DenseNet-121 has the
+        stem and 4 dense blocks). Frozen blocks stay in eval mode (fixed
+        BatchNorm statistics, no dropout).
+    lr : float, default=1e-4
+        Learning rate of the head (and of the backbone unless
+        ``backbone_lr`` is set); the official fine-tuning's.
+    backbone_lr : float or None, default=None
+        Learning rate of the backbone's (non-frozen) layers; None uses ``lr``.
+    weight_decay : float, default=5e-5
+        Weight decay given to the optimizer (official: coupled L2 in Adam).
+    early_stopping : bool or int, default=False
+        An int is a patience: hold out ``validation_fraction`` of the training
+        data (stratified for a classifier; by volume for slice inputs), stop
+        when the validation loss has not improved for that many epochs and
+        restore the best weights. True means a patience of 10.
+    validation_fraction : float, default=0.1
+        Held-out fraction used by ``early_stopping``, in (0, 1).
+    augmentation : {"cutout", "all", "crop", "wsp", "none"}, callable or \
+None, default=None
+        Augmentation of the training batches (never at prediction): a preset
+        of :func:`~sklearn_cl3d.augment.make_augmentation` or a callable on a
+        batch tensor. None (no augmentation) by default, since the
+        pretrainers' presets are made for contrastive views.
+    normalize : {"zscore"} or None, default="zscore"
+        Per-sample z-scoring of the inputs (per slice for slice inputs), as
+        the pretrainers do by default; it should match the pretraining.
+    preprocessing : list of transformers, Pipeline or None, default=None
+        Preprocessing run in the lazy volume loader (see the pretrainers).
+    cache : bool, default=False
+        Keep loaded volumes in memory.
+    optimizer : torch optimizer class, default=torch.optim.Adam
+        ``optimizer__*`` parameters are passed to it.
+    max_epochs : int, default=100
+        Epochs of ``fit`` (and of each ``partial_fit`` call).
+    batch_size : int, default=8
+        Samples (or slices) per step (official fine-tuning: 8). A last batch
+        of a single sample is dropped in training (BatchNorm cannot train on
+        it).
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the head's initialisation, shuffling, augmentation and the
+        validation split.
+    verbose : int, default=0
+        0 is silent; 1 shows a progress bar and a table per epoch.
+    train_split : callable or None, default=None
+        skorch's validation split; None trains on all of X (unless
+        ``early_stopping`` is set).
+    callbacks : list of (name, skorch callback) or None, default=None
+        Extra skorch callbacks (e.g.
+        :class:`~sklearn_cl3d.callbacks.AtomicCheckpoint`).
+    **kwargs : dict
+        Other skorch ``NeuralNet`` parameters (``backbone__*``,
+        ``iterator_train__num_workers``, ``criterion__*``, ...)."""
+
+_COMMON_ATTRS = """
+    module_ : FineTuneNetwork
+        The trained network (``module_.backbone``, ``module_.head``).
+    history_ : skorch.History
+        Per-epoch training (and validation) losses.
+    input_shape_ : tuple of int
+        Per-sample shape of X seen in ``fit``: (C, D, H, W) or (F,).
+    n_features_in_ : int
+        Number of tabular features (only for 2-D X).
+    slicing_ : dict or None
+        For slice inputs (a WSP encoder): ``axis``, ``fraction`` and ``size``
+        of the slices, taken from the pretrainer; None otherwise.
+    device_ : str
+        The device training ran on."""
+
+
+class _BaseFineTuned(NeuralNet):
+    """Shared plumbing of :class:`FineTunedClassifier` and
+    :class:`FineTunedRegressor` (not for direct use)."""
+
+    prefixes_ = [*NeuralNet.prefixes_, "backbone"]
+
+    _parameter_constraints = {
+        "pretrained": [BaseContrastivePretrainer, str, os.PathLike, None],
+        "init": [StrOptions({"pretrained", "random"})],
+        "backbone": [StrOptions(set(BACKBONES)), callable, nn.Module],
+        "head": [StrOptions({"linear"}), callable],
+        "final_norm": ["boolean"],
+        "freeze": [
+            StrOptions({"none", "backbone"}),
+            Interval(Integral, 0, None, closed="left"),
+        ],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr": [Interval(Real, 0, None, closed="left"), None],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "augmentation": [StrOptions(set(AUGMENTATION_PRESETS)), callable, None],
+        "normalize": [StrOptions({"zscore"}), None],
+        "cache": ["boolean"],
+        "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        pretrained=None,
+        *,
+        init="pretrained",
+        backbone="densenet121",
+        head="linear",
+        final_norm=True,
+        freeze="none",
+        lr=1e-4,
+        backbone_lr=None,
+        weight_decay=5e-5,
+        early_stopping=False,
+        validation_fraction=0.1,
+        augmentation=None,
+        normalize="zscore",
+        preprocessing=None,
+        cache=False,
+        optimizer=torch.optim.Adam,
+        max_epochs=100,
+        batch_size=8,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        train_split=None,
+        callbacks=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("module", FineTuneNetwork)
+        kwargs.setdefault("criterion", self._default_criterion())
+        super().__init__(
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            callbacks=callbacks,
+            verbose=verbose,
+            device=device,
+            **kwargs,
+        )
+        self.pretrained = pretrained
+        self.init = init
+        self.backbone = backbone
+        self.head = head
+        self.final_norm = final_norm
+        self.freeze = freeze
+        self.backbone_lr = backbone_lr
+        self.weight_decay = weight_decay
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.augmentation = augmentation
+        self.normalize = normalize
+        self.preprocessing = preprocessing
+        self.cache = cache
+        self.random_state = random_state
+
+    # shared with the pretrainers (plain functions, no super() inside)
+    _on_device = BaseContrastivePretrainer._on_device
+    _seeded = BaseContrastivePretrainer._seeded
+    _generator = BaseContrastivePretrainer._generator
+    _lazy = BaseContrastivePretrainer._lazy
+    _as_dataset = BaseContrastivePretrainer._as_dataset
+
+    # ---------------------------------------------------- sklearn plumbing
+
+    def _get_param_names(self):
+        return [k for k in super()._get_param_names() if not k.startswith("_")]
+
+    def get_params(self, deep=True, **kwargs):
+        # the pretrained estimator is a weights source, not a sub-estimator:
+        # its parameters are not ours to search over or change
+        params = super().get_params(deep=deep, **kwargs)
+        return {k: v for k, v in params.items() if not k.startswith("pretrained__")}
+
+    def __sklearn_clone__(self):
+        # clone everything but ``pretrained``, which is passed by reference:
+        # sklearn's clone would return an *unfitted* copy of a pretrainer
+        params = self.get_params(deep=False)
+        new_params = {
+            k: v if k == "pretrained" else clone(v, safe=False)
+            for k, v in params.items()
+        }
+        new = type(self)(**new_params)
+        if hasattr(self, "_metadata_request"):
+            new._metadata_request = copy.deepcopy(self._metadata_request)
+        if hasattr(self, "_sklearn_output_config"):
+            new._sklearn_output_config = copy.deepcopy(self._sklearn_output_config)
+        return new
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.target_tags.required = True
+        return tags
+
+    def _check_params(self):
+        params = {
+            key: getattr(self, key)
+            for key in self._parameter_constraints
+            if key in self.__dict__
+        }
+        validate_parameter_constraints(
+            self._parameter_constraints, params, caller_name=type(self).__name__
+        )
+        resolve_device(self.device)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in ("_aug_generator", "_source_cache"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        requested = state.get("device")
+        if requested == "auto":
+            state["device"] = resolve_device("auto")
+        super().__setstate__(state)
+        if "device_" in self.__dict__:
+            self.device_ = str(self.__dict__["device"])
+        if requested == "auto":
+            self.__dict__["device"] = "auto"
+
+    # ------------------------------------------------------------ source
+
+    def _source(self):
+        """The pretrainer to start from (None for training from scratch)."""
+        cached = self.__dict__.get("_source_cache")
+        if cached is not None:
+            return cached
+        pretrained = self.pretrained
+        if pretrained is None:
+            return None
+        if isinstance(pretrained, str | os.PathLike):
+            from .._persistence import load_pretrained
+
+            return load_pretrained(pretrained, device="cpu")
+        if not isinstance(pretrained, BaseContrastivePretrainer):
+            raise ValueError(
+                "pretrained must be a fitted pretrainer, the directory of a saved "
+                f"encoder, or None; got {type(pretrained).__name__}."
+            )
+        if not getattr(pretrained, "initialized_", False):
+            raise NotFittedError(
+                f"The pretrained {type(pretrained).__name__} is not fitted: fit it "
+                "first (fine-tuning never fits the pretrainer), or pass the "
+                "directory of a saved encoder."
+            )
+        if not hasattr(_bare(pretrained), "backbone"):
+            raise ValueError(
+                f"The network of the pretrained {type(pretrained).__name__} has no "
+                "'backbone' to fine-tune."
+            )
+        return pretrained
+
+    @staticmethod
+    def _slice_geometry(source):
+        if source is None or len(source.input_shape_) != 4:
+            return None
+        if len(source._network_input_shape()) != 3:
+            return None
+        return {
+            "axis": source.slice_axis,
+            "fraction": source.slice_fraction,
+            "size": source.slice_size,
+        }
+
+    def _check_source_input(self, source):
+        src, own = tuple(source.input_shape_), tuple(self.input_shape_)
+        name = type(source).__name__
+        if len(src) != len(own):
+            kind = "volumes" if len(src) == 4 else "tabular features"
+            raise ValueError(
+                f"The pretrained {name} was fitted on {kind} of per-sample shape "
+                f"{src}; X has per-sample shape {own}."
+            )
+        if len(own) == 1 and own != src:
+            raise ValueError(
+                f"X has {own[0]} features, but the pretrained {name} was fitted "
+                f"on {src[0]} features."
+            )
+        if len(own) == 4 and own[0] != src[0]:
+            raise ValueError(
+                f"X has {own[0]} channel(s), but the pretrained {name} was "
+                f"fitted on {src[0]} channel(s)."
+            )
+
+    # ------------------------------------------------------- components
+
+    def _n_outputs(self):
+        raise NotImplementedError
+
+    def _make_backbone(self, source):
+        if source is None:
+            spec = self.backbone
+            if isinstance(spec, nn.Module):
+                spec = copy.deepcopy(spec)
+            backbone = build_backbone(
+                spec, self.input_shape_, **self.get_params_for("backbone")
+            )
+        elif self.init == "pretrained":
+            backbone = copy.deepcopy(_bare(source).backbone)
+        elif isinstance(source.backbone, nn.Module):
+            backbone = copy.deepcopy(source.backbone)
+            _reset_parameters(backbone)
+        else:
+            backbone = build_backbone(
+                source.backbone,
+                source._network_input_shape(),
+                **source.get_params_for("backbone"),
+            )
+        added = ()
+        if self.final_norm and isinstance(backbone, DenseNet3D):
+            if not backbone.final_norm:
+                # the official classifier mode: BN on the last feature map
+                norm5 = nn.BatchNorm3d(backbone.out_features)
+                norm5.to(next(backbone.parameters()).device)
+                backbone.features.add_module("norm5", norm5)
+                backbone.final_norm = True
+                added = ("features.norm5",)
+        return backbone, added
+
+    def _make_head(self, in_features, n_outputs):
+        if self.head == "linear":
+            head = nn.Linear(in_features, n_outputs)
+            nn.init.zeros_(head.bias)
+            return head
+        head = self.head(in_features, n_outputs)
+        if not isinstance(head, nn.Module):
+            raise TypeError(
+                f"head(in_features, n_outputs) must return an nn.Module; got "
+                f"{type(head).__name__}."
+            )
+        return head
+
+    def _frozen_blocks(self, backbone, added):
+        freeze = self.freeze
+        if freeze == "none" or freeze == 0:
+            return ()
+        blocks = backbone_blocks(backbone, exclude=added)
+        if freeze == "backbone":
+            n = len(blocks)
+        else:
+            n = int(freeze)
+            if n > len(blocks):
+                raise ValueError(
+                    f"freeze={n}, but the backbone has {len(blocks)} blocks: "
+                    f"{[b[0] for b in blocks]}."
+                )
+        return tuple(name for block in blocks[:n] for name in block)
+
+    def initialize_module(self):
+        if not hasattr(self, "input_shape_"):
+            raise AttributeError(
+                f"{type(self).__name__} builds its network from the data: call "
+                "fit(X, y) instead of initialize()."
+            )
+        backbone, added = self._make_backbone(self._source())
+        frozen = self._frozen_blocks(backbone, added)
+        skip = tuple(f"{name}." for name in added)
+        for name, param in backbone.named_parameters():
+            if name.startswith(skip):
+                continue
+            if self.freeze == "backbone" or name.startswith(
+                tuple(f"{f}." for f in frozen)
+            ):
+                param.requires_grad_(False)
+        if self.freeze == "backbone":
+            frozen = ("",)  # the whole backbone (but the added layers) in eval mode
+        head = self._make_head(backbone.out_features, self._n_outputs())
+        kwargs = {"backbone": backbone, "head": head, "frozen": frozen, "added": added}
+        kwargs.update(self.get_params_for("module"))
+        self.module_ = self.initialized_instance(self.module, kwargs)
+        return self
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        named = [(n, p) for n, p in named_parameters if p.requires_grad]
+        args, kwargs = super().get_params_for_optimizer(prefix, named)
+        if prefix != "optimizer":
+            return args, kwargs
+        kwargs.setdefault("weight_decay", self.weight_decay)
+        user_groups = self.get_params_for(prefix).get("param_groups")
+        if self.backbone_lr is not None and not user_groups:
+            added = tuple(f"backbone.{a}." for a in self.module_.added)
+            in_backbone = [
+                p
+                for n, p in named
+                if n.startswith("backbone.") and not n.startswith(added)
+            ]
+            ids = {id(p) for p in in_backbone}
+            rest = [p for _, p in named if id(p) not in ids]
+            groups = [{"params": rest}]
+            if in_backbone:
+                groups.append({"params": in_backbone, "lr": self.backbone_lr})
+            args = ([g for g in groups if g["params"]],)
+        return args, kwargs
+
+    def initialize(self):
+        super().initialize()
+        self.augment_ = make_augmentation(self.augmentation)
+        self.normalizer_ = ZScore() if self.normalize == "zscore" else None
+        return self
+
+    def get_default_callbacks(self):
+        callbacks = [
+            *super().get_default_callbacks(),
+            ("stop_on_nonfinite_loss", StopOnNonFiniteLoss()),
+        ]
+        if self.verbose:
+            callbacks.insert(len(callbacks) - 2, ("progress_bar", ProgressBar()))
+        patience = _patience(self.early_stopping)
+        if patience:
+            stopper = EarlyStopping(
+                monitor="valid_loss", patience=patience, load_best=True
+            )
+            callbacks.append(("early_stopping", stopper))
+        return callbacks
+
+    def set_params(self, **kwargs):
+        kwargs = dict(kwargs)
+        if "callbacks" in kwargs:
+            # stored as given and checked when the net is initialised; skorch
+            # would build them right away
+            self.callbacks = kwargs.pop("callbacks")
+        return super().set_params(**kwargs)
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        if self.train_split is not None or not _patience(self.early_stopping):
+            return super().get_split_datasets(X, y, **fit_params)
+        dataset = self.get_dataset(X, y)
+        stratified = isinstance(self, ClassifierMixin)
+        seed = self._base_seed_ % (2**31)
+        if isinstance(dataset, SliceDataset):
+            split = _VolumeSplit(self.validation_fraction, stratified, seed)
+            return split(dataset)
+        split = ValidSplit(
+            self.validation_fraction,
+            stratified=stratified and y is not None,
+            random_state=seed,
+        )
+        return split(dataset, y)
+
+    def get_iterator(self, dataset, training=False):
+        prefix = "iterator_train" if training else "iterator_valid"
+        kwargs = self.get_params_for(prefix)
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        if training:
+            size = kwargs["batch_size"]
+            kwargs.setdefault("shuffle", True)
+            # BatchNorm cannot train on a batch of one sample
+            kwargs.setdefault(
+                "drop_last", len(dataset) > size and len(dataset) % size == 1
+            )
+        if self.device is not None and torch.device(self.device).type == "cuda":
+            kwargs.setdefault("pin_memory", True)
+        iterator = self.iterator_train if training else self.iterator_valid
+        return iterator(dataset, **kwargs)
+
+    # -------------------------------------------------------- the step
+
+    def _prepare(self, x):
+        """Batch to device, channel axis for tabular input, resize, z-score."""
+        x = to_tensor(x, device=self.device)
+        if x.ndim == 2:
+            x = x[:, None, :]
+        size = (self.slicing_ or {}).get("size")
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(
+                x.float(),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=min(x.shape[-2:]) > size,
+            )
+        if self.normalizer_ is not None:
+            x = self.normalizer_(x)
+        return x
+
+    def infer(self, x, **fit_params):
+        """Forward a batch (augmented when the network is training)."""
+        x = self._prepare(x)
+        if self.augment_ is not None and self.module_.training:
+            x = self.augment_(x, generator=self._generator(x.device))
+        return self.module_(x, **fit_params)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        y_true = to_tensor(y_true, device=y_pred.device)
+        if self.slicing_ is not None:
+            y_true = y_true[:, 0]  # SliceDataset targets are [label, position]
+        return self._loss(y_pred, y_true)
+
+    # ------------------------------------------------------------ data
+
+    def _encode_target(self, y, n_samples, *, reset, classes=None):
+        raise NotImplementedError
+
+    def _missing_y(self, y):
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y "
+                "is None."
+            )
+
+    def _volumes(self, X, *, reset):
+        """Validated X: a float32 array or a lazy VolumeDataset."""
+        if self._lazy(X):
+            return self._as_dataset(X, None, reset=reset)
+        return check_volumes(self, X, reset=reset)
+
+    def _fit(self, X, y, fit_params, *, partial, classes=None):
+        self._check_params()
+        reset = not (partial or self.warm_start) or not getattr(
+            self, "initialized_", False
+        )
+        source = self._source() if reset else None
+        self._missing_y(y)
+        volumes = self._volumes(X, reset=reset)
+        target = self._encode_target(y, len(volumes), reset=reset, classes=classes)
+        if reset:
+            if source is not None:
+                self._check_source_input(source)
+            self.slicing_ = self._slice_geometry(source)
+            if self.slicing_ is not None and target.ndim != 1:
+                raise ValueError(
+                    "Slice inputs (a WSP encoder) take one target per volume, "
+                    f"shape (n,); got y of shape {np.shape(y)}."
+                )
+            rng = check_random_state(self.random_state)
+            self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+            self._set_class_weight(target)
+        if self.slicing_ is not None:
+            data = SliceDataset(
+                volumes,
+                labels=target,
+                axis=self.slicing_["axis"],
+                fraction=self.slicing_["fraction"],
+            )
+            target = None
+        elif isinstance(volumes, VolumeDataset):
+            data = _WithTarget(volumes, target)
+        else:
+            data = volumes
+        offset = 0 if reset else len(self.history)
+        with self._on_device() as device, self._seeded(offset):
+            self.device_ = device
+            if reset:
+                self.__dict__.pop("_aug_generator", None)
+                self.__dict__["_source_cache"] = source
+                try:
+                    self.initialize()
+                finally:
+                    self.__dict__.pop("_source_cache", None)
+            NeuralNet.partial_fit(self, data, target, **fit_params)
+        return self
+
+    def _set_class_weight(self, target):
+        pass
+
+    def _outputs(self, X):
+        """Network outputs per sample; per volume (n, n_kept, k) for slices."""
+        self.check_is_fitted()
+        volumes = self._volumes(X, reset=False)
+        data = volumes
+        if self.slicing_ is not None:
+            data = SliceDataset(
+                volumes, axis=self.slicing_["axis"], fraction=self.slicing_["fraction"]
+            )
+        with self._on_device():
+            out = [
+                t.float().numpy()
+                for t in self.forward_iter(data, training=False, device="cpu")
+            ]
+        out = np.concatenate(out).astype(np.float64)
+        if self.slicing_ is not None:
+            out = out.reshape(data.n_volumes, data.n_kept, -1)
+        return out
+
+
+class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
+    __doc__ = f"""Classifier fine-tuned from a pretrained encoder (or from scratch).
+
+    Builds ``FineTuneNetwork(backbone, head)``: the pretrained backbone (its
+    projection head is dropped), for a DenseNet the final BatchNorm of the
+    official classifier mode, and a linear layer giving one logit per class,
+    trained with cross-entropy. The defaults are the official y-Aware
+    fine-tuning (whole network, Adam, lr 1e-4, weight decay 5e-5, batch 8,
+    100 epochs). ``pretrained=None`` trains the same kind of network from
+    scratch; ``init="random"`` gives the pretrained architecture fresh
+    weights.
+
+    Parameters
+    ----------
+{_COMMON_DOC}
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the cross-entropy: ``{{label: weight}}``
+        (missing labels weigh 1) or ``"balanced"`` (``n / (n_classes *
+        count)``, from the first ``fit``).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    class_weight_ : ndarray of shape (n_classes,) or None
+        Weights given to the loss.
+{_COMMON_ATTRS}
+
+    See Also
+    --------
+    FineTunedRegressor : the same for continuous targets.
+    sklearn_cl3d.YAwarePretrainer : a pretrainer to start from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cl3d import FineTunedClassifier, SimCLRPretrainer
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(16, 1, 12, 12, 12)).astype("float32")
+    >>> y = np.array([0, 1] * 8)
+    >>> X[y == 1] += 1.0
+    >>> ssl = SimCLRPretrainer(backbone="small3d", max_epochs=1, batch_size=8,
+    ...                        random_state=0).fit(X)
+    >>> clf = FineTunedClassifier(ssl, max_epochs=2, random_state=0).fit(X, y)
+    >>> clf.predict_proba(X[:2]).shape
+    (2, 2)
+    >>> FineTunedClassifier(backbone="small3d", max_epochs=1,
+    ...                     random_state=0).fit(X, y).predict(X[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints = {
+        **_BaseFineTuned._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def __init__(self, pretrained=None, *, class_weight=None, **kwargs):
+        super().__init__(pretrained, **kwargs)
+        self.class_weight = class_weight
+
+    @classmethod
+    def _default_criterion(cls):
+        return nn.CrossEntropyLoss
+
+    def _n_outputs(self):
+        return len(self.classes_)
+
+    def _loss(self, y_pred, y_true):
+        return self.criterion_(y_pred, y_true.long())
+
+    def _encode_target(self, y, n_samples, *, reset, classes=None):
+        y = column_or_1d(y, warn=True)
+        if len(y) != n_samples:
+            raise ValueError(
+                "Found input variables with inconsistent numbers of samples: "
+                f"[{n_samples}, {len(y)}]"
+            )
+        check_classification_targets(y)
+        if reset:
+            labels = np.unique(y) if classes is None else np.unique(classes)
+            if len(labels) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in "
+                    f"y; got 1 class ({labels[0]!r})."
+                )
+            self.classes_ = labels
+        codes = np.searchsorted(self.classes_, y)
+        codes = np.clip(codes, 0, len(self.classes_) - 1)
+        unseen = self.classes_[codes] != y
+        if np.any(unseen):
+            raise ValueError(
+                f"y contains labels not in classes_ {list(self.classes_)}: "
+                f"{sorted(set(np.asarray(y)[unseen].tolist()))[:5]}."
+            )
+        return codes.astype(np.int64)
+
+    def _set_class_weight(self, codes):
+        cw = self.class_weight
+        if cw is None:
+            self.class_weight_ = None
+        elif isinstance(cw, str):
+            n = len(self.classes_)
+            self.class_weight_ = (
+                compute_class_weight("balanced", classes=np.arange(n), y=codes)
+                if len(np.unique(codes)) == n
+                else np.ones(n)
+            )
+        else:
+            unknown = set(cw) - set(self.classes_.tolist())
+            if unknown:
+                raise ValueError(
+                    f"class_weight has labels not in y: {sorted(unknown, key=str)}."
+                )
+            self.class_weight_ = np.array(
+                [float(cw.get(c, 1.0)) for c in self.classes_.tolist()]
+            )
+
+    def initialize_criterion(self):
+        kwargs = self.get_params_for("criterion")
+        weight = getattr(self, "class_weight_", None)
+        if weight is not None:
+            kwargs.setdefault("weight", torch.as_tensor(weight, dtype=torch.float32))
+        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
+        return self
+
+    def fit(self, X, y, **fit_params):
+        """Fine-tune the network on X, y.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F), or list
+            Volumes (or paths, loaded lazily), or tabular features.
+        y : array-like of shape (n,)
+            Class labels.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+            The fitted classifier.
+        """
+        return self._fit(X, y, fit_params, partial=False)
+
+    def partial_fit(self, X, y, classes=None, **fit_params):
+        """Train ``max_epochs`` more epochs (initialise on the first call).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Same kind of input as in earlier calls.
+        y : array-like of shape (n,)
+            Class labels.
+        classes : array-like of shape (n_classes,), default=None
+            All the labels, on the first call if ``y`` lacks some.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(X, y, fit_params, partial=True, classes=classes)
+
+    def predict_proba(self, X):
+        """Class probabilities (mean over slices for slice inputs).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Same kind of input as in ``fit``.
+
+        Returns
+        -------
+        ndarray of shape (n, n_classes)
+        """
+        out = torch.from_numpy(self._outputs(X))
+        proba = torch.softmax(out, dim=-1)
+        if self.slicing_ is not None:
+            proba = proba.mean(dim=1)
+        return proba.numpy()
+
+    def decision_function(self, X):
+        """Confidence scores: logits, or log-odds of the positive class.
+
+        For slice inputs the scores are the logarithms of the mean slice
+        probabilities, so they rank samples as ``predict_proba`` does.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Same kind of input as in ``fit``.
+
+        Returns
+        -------
+        ndarray of shape (n,) for two classes, else (n, n_classes)
+        """
+        out = torch.from_numpy(self._outputs(X))
+        if self.slicing_ is not None:
+            out = torch.log(torch.softmax(out, dim=-1).mean(dim=1))
+        out = out.numpy()
+        if out.shape[1] == 2:
+            return out[:, 1] - out[:, 0]
+        return out
+
+    def predict(self, X):
+        """Predicted class labels.
+
+        Parameters
+        ----------
+        X : array-like or list
+            Same kind of input as in ``fit``.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
+    __doc__ = f"""Regressor fine-tuned from a pretrained encoder (or from scratch).
+
+    The network of :class:`FineTunedClassifier` with one linear output per
+    target, trained with the mean squared error (``criterion``). Targets are
+    used as given: standardise them (e.g. with
+    :class:`~sklearn.compose.TransformedTargetRegressor`) when their scale is
+    far from 1.
+
+    Parameters
+    ----------
+{_COMMON_DOC}
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets.
+{_COMMON_ATTRS}
+
+    See Also
+    --------
+    FineTunedClassifier : the same for class labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cl3d import FineTunedRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(20, 5)).astype("float32")
+    >>> y = X[:, 0] - X[:, 1]
+    >>> reg = FineTunedRegressor(backbone="mlp", normalize=None, lr=1e-2,
+    ...                          max_epochs=5, random_state=0).fit(X, y)
+    >>> reg.predict(X).shape
+    (20,)
+    """
+
+    @classmethod
+    def _default_criterion(cls):
+        return nn.MSELoss
+
+    # skorch's predict_proba makes no sense for a regressor
+    predict_proba = available_if(_never)(NeuralNet.predict_proba)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _n_outputs(self):
+        return self.n_outputs_
+
+    def _loss(self, y_pred, y_true):
+        return self.criterion_(y_pred, y_true.reshape(y_pred.shape).to(y_pred.dtype))
+
+    def _encode_target(self, y, n_samples, *, reset, classes=None):
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        if y.ndim > 2:
+            raise ValueError(f"y must have shape (n,) or (n, k); got {y.shape}.")
+        if len(y) != n_samples:
+            raise ValueError(
+                "Found input variables with inconsistent numbers of samples: "
+                f"[{n_samples}, {len(y)}]"
+            )
+        n_outputs = 1 if y.ndim == 1 else y.shape[1]
+        if reset:
+            self.n_outputs_ = n_outputs
+            self._y_1d_ = y.ndim == 1
+        elif n_outputs != self.n_outputs_:
+            raise ValueError(
+                f"y has {n_outputs} target(s), but the regressor was fitted on "
+                f"{self.n_outputs_}."
+            )
+        if self._y_1d_ and y.ndim == 1:
+            return y.astype(np.float32)
+        return y.reshape(n_samples, -1).astype(np.float32)
+
+    def fit(self, X, y, **fit_params):
+        """Fine-tune the network on X, y.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, D, H, W), (n, D, H, W) or (n, F), or list
+            Volumes (or paths, loaded lazily), or tabular features.
+        y : array-like of shape (n,) or (n, n_outputs)
+            Targets.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+            The fitted regressor.
+        """
+        return self._fit(X, y, fit_params, partial=False)
+
+    def partial_fit(self, X, y, **fit_params):
+        """Train ``max_epochs`` more epochs (initialise on the first call).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Same kind of input as in earlier calls.
+        y : array-like of shape (n,) or (n, n_outputs)
+            Targets.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(X, y, fit_params, partial=True)
+
+    def predict(self, X):
+        """Predicted targets (mean over slices for slice inputs).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Same kind of input as in ``fit``.
+
+        Returns
+        -------
+        ndarray of shape (n,) or (n, n_outputs)
+        """
+        out = self._outputs(X)
+        if self.slicing_ is not None:
+            out = out.mean(axis=1)
+        return out.ravel() if self._y_1d_ else out

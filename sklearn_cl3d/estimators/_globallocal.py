@@ -1,0 +1,1050 @@
+"""Global-local contrastive pretraining of a U-Net (Chaitanya et al.,
+NeurIPS 2020): stage 1 trains the encoder with a partition-aware global
+loss, stage 2 the first decoder blocks with a local loss, encoder frozen."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from skorch import NeuralNet
+from skorch.dataset import unpack_data
+from skorch.utils import to_tensor
+from torch import nn
+
+from ..augment import Compose, RandomBrightnessContrast, RandomCropResize
+from ..data import (
+    PartitionBatchSampler,
+    PartitionSliceDataset,
+    SliceDataset,
+    VolumeDataset,
+    as_volume_dataset,
+    check_input_shape,
+    is_volume_collection,
+    make_preprocessing,
+)
+from ..losses import (
+    GLOBAL_STRATEGIES,
+    LOCAL_STRATEGIES,
+    REGION_LAYOUTS,
+    GlobalContrastiveLoss,
+    LocalContrastiveLoss,
+    local_region_positions,
+)
+from ..nn import GlobalHead, LocalHead, UNet
+from ._base import BaseContrastivePretrainer
+
+__all__ = ["GlobalLocalNet", "GlobalLocalPretrainer", "PercentileScaling"]
+
+AGGREGATES = ("mean", "max", "none")
+GL_FEATURE_LAYERS = ("backbone", "flat", "hidden", "projection")
+STAGES = ("global", "local")
+
+#: (original slice included, number of augmented views) per global strategy,
+#: as the official batches: G^R two views, G^D- the slice and two views,
+#: G^D the slice and one view.
+_GLOBAL_VIEWS = {"GR": (False, 2), "GD-": (True, 2), "GD": (True, 1)}
+
+# base-class parameters with no meaning here (fixed U-Net, own loss and views)
+_UNUSED_BASE_PARAMS = ("backbone", "gather_distributed", "sync_batchnorm")
+
+
+# ---------------------------------------------------------- preprocessing
+
+
+class PercentileScaling:
+    """Min-max scale each channel of a volume with its percentiles.
+
+    ``x -> (x - p_low) / (p_high - p_low)`` with the percentiles taken over
+    the whole 3-D volume, per channel: the official preprocessing of
+    global-local pretraining (1st and 99th percentiles), after which values
+    may fall slightly outside [0, 1]. A constant channel becomes 0. It is a
+    preprocessing step (``apply(volume, affine) -> (volume, affine)``) for
+    :class:`~sklearn_cl3d.data.VolumeDataset`.
+
+    Parameters
+    ----------
+    lower, upper : float, default=1.0, 99.0
+        Percentiles mapped to 0 and 1, ``0 <= lower < upper <= 100``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> vol = np.arange(101, dtype="float32").reshape(1, 1, 1, 101)
+    >>> out, _ = PercentileScaling().apply(vol)
+    >>> round(float(out.min()), 4), round(float(out.max()), 4)
+    (-0.0102, 1.0102)
+    """
+
+    def __init__(self, lower=1.0, upper=99.0):
+        if not (0.0 <= lower < upper <= 100.0):
+            raise ValueError(
+                "PercentileScaling needs 0 <= lower < upper <= 100; got "
+                f"lower={lower!r}, upper={upper!r}."
+            )
+        self.lower = float(lower)
+        self.upper = float(upper)
+
+    def __repr__(self):
+        return f"PercentileScaling(lower={self.lower}, upper={self.upper})"
+
+    def apply(self, volume, affine=None):
+        """Scale one volume ``(C, D, H, W)`` or ``(D, H, W)``; keep the affine."""
+        v = np.asarray(volume, dtype=np.float32)
+        axes = tuple(range(v.ndim - 3, v.ndim))
+        lo, hi = np.percentile(v, [self.lower, self.upper], axis=axes, keepdims=True)
+        scale = np.where(hi > lo, hi - lo, 1.0)
+        return ((v - lo) / scale).astype(np.float32), affine
+
+
+# ------------------------------------------------------------------ network
+
+
+class GlobalLocalNet(nn.Module):
+    """The U-Net and both projection heads of global-local pretraining.
+
+    Parameters
+    ----------
+    dims : {2, 3}, default=2
+    in_channels : int, default=1
+    channels : sequence of int, default=(16, 32, 64, 128, 128, 128)
+        Encoder levels of the :class:`~sklearn_cl3d.nn.UNet`.
+    input_size : sequence of int, default=(192, 192)
+        Spatial size of the network input (fixes the flattened size the
+        global head takes).
+    hidden_dim, out_dim : int, default=1024, 128
+        Sizes of the global head :class:`~sklearn_cl3d.nn.GlobalHead`.
+    n_decoder_blocks : int, default=3
+        Decoder blocks ``l`` whose output feeds the local head
+        :class:`~sklearn_cl3d.nn.LocalHead`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = GlobalLocalNet(channels=(4, 8, 8), input_size=(16, 16),
+    ...                      hidden_dim=8, out_dim=4, n_decoder_blocks=1)
+    >>> x = torch.zeros(2, 1, 16, 16)
+    >>> net(x, mode="global").shape, net(x, mode="local").shape
+    (torch.Size([2, 4]), torch.Size([2, 8, 8, 8]))
+    >>> net.features(x, "backbone").shape
+    torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        dims=2,
+        in_channels=1,
+        channels=(16, 32, 64, 128, 128, 128),
+        input_size=(192, 192),
+        hidden_dim=1024,
+        out_dim=128,
+        n_decoder_blocks=3,
+    ):
+        super().__init__()
+        self.unet = UNet(dims=dims, in_channels=in_channels, channels=channels)
+        n_blocks = len(self.unet.decoder_blocks)
+        if not (isinstance(n_decoder_blocks, Integral) and 1 <= n_decoder_blocks):
+            raise ValueError(
+                f"n_decoder_blocks must be an int >= 1; got {n_decoder_blocks!r}."
+            )
+        if n_decoder_blocks > n_blocks:
+            raise ValueError(
+                f"n_decoder_blocks={n_decoder_blocks} exceeds the {n_blocks} decoder "
+                f"blocks of a U-Net with {len(self.unet.channels)} encoder levels."
+            )
+        self.n_decoder_blocks = int(n_decoder_blocks)
+        encoded = self.unet.encoded_shape(input_size)
+        self.global_head = GlobalHead(
+            int(np.prod(encoded)), hidden_dim=hidden_dim, out_dim=out_dim
+        )
+        self.local_head = LocalHead(
+            self.unet.decoder_channels[self.n_decoder_blocks - 1], dims=dims
+        )
+
+    def forward(self, x, mode="global"):
+        """``"global"``: g1(encoder(x)); ``"local"``: g2(decoder block l)."""
+        if mode == "global":
+            return self.global_head(self.unet.encode(x))
+        if mode == "local":
+            return self.local_head(self.unet.decode(x, self.n_decoder_blocks))
+        raise ValueError(f"mode must be 'global' or 'local'; got {mode!r}.")
+
+    def feature_dim(self, layer):
+        """Size of the features :meth:`features` returns for ``layer``."""
+        head = self.global_head
+        return {
+            "backbone": self.unet.channels[-1],
+            "flat": head.in_features,
+            "hidden": head.hidden_dim,
+            "projection": head.out_dim,
+        }[layer]
+
+    def features(self, x, layer="backbone"):
+        """Global encoder features of a batch.
+
+        ``"backbone"``: the level-L encoder map averaged over space;
+        ``"flat"``: that map flattened (the input of g1); ``"hidden"``: g1's
+        hidden layer before its ReLU; ``"projection"``: g1's output.
+        """
+        h = self.unet.encode(x)
+        if layer == "backbone":
+            return h.mean(dim=tuple(range(2, h.ndim)))
+        if layer == "flat":
+            return h.flatten(1)
+        _, first, relu, second = self.global_head.net
+        hidden = first(h.flatten(1))
+        if layer == "hidden":
+            return hidden
+        return second(relu(hidden))
+
+
+# --------------------------------------------------------------- estimator
+
+
+def _intensity(official):
+    if official:
+        return RandomBrightnessContrast(per_image=False, tied=True)
+    return RandomBrightnessContrast()
+
+
+def _build_views(spec, kind, official_intensity):
+    """The augmentation of a stage from its parameter value."""
+    if spec is None or callable(spec):
+        return spec
+    if kind == "global":
+        crop = RandomCropResize(size=100 / 192, low=10 / 192, high=69 / 192)
+        return Compose([crop, _intensity(official_intensity)])
+    return _intensity(official_intensity)
+
+
+class GlobalLocalPretrainer(BaseContrastivePretrainer):
+    """Global and local contrastive pretraining of a U-Net.
+
+    Chaitanya et al., NeurIPS 2020. ``fit`` runs two stages on unlabelled
+    volumes, one after the other, each with its own Adam optimizer:
+
+    1. **global** (``strategy``, ``max_epochs`` epochs): the encoder ``e``
+       and the head ``g1`` with the global contrastive loss
+       :class:`~sklearn_cl3d.losses.GlobalContrastiveLoss`;
+    2. **local** (``local``, ``local_epochs`` epochs): the first
+       ``n_decoder_blocks`` decoder blocks, the head ``g2`` and the region map
+       W with :class:`~sklearn_cl3d.losses.LocalContrastiveLoss`; the encoder
+       is frozen (no gradient, not in the optimizer).
+
+    A stage is skipped with ``strategy=None`` / ``local=None`` or 0 epochs.
+    The network is then fine-tuned on a few labelled volumes with
+    :class:`~sklearn_cl3d.ContrastiveSegmenter` (``pretrained=`` this
+    estimator).
+
+    **Partitions and batches.** Every volume is cut along ``slice_axis``
+    into ``n_partitions`` (S) equal slabs (the last ``n_slices % S`` slices
+    are never used). A batch holds ``m = batch_size // n_partitions``
+    distinct volumes (at most the number of volumes) and one random slice
+    from every slab of each, volume-major: row ``i S + k`` is partition
+    ``k`` of the i-th volume, as the official sampler
+    (:class:`~sklearn_cl3d.data.PartitionBatchSampler`). An epoch is
+    ``steps_per_epoch`` batches.
+
+    **Views.** Global stage: each slice gives the views of its strategy
+    (``"GR"``: two augmented views; ``"GD-"``: the slice itself and two
+    augmented views; ``"GD"``: the slice itself and one augmented view), an
+    augmented view being a random crop of 100/192 of the side, resized back,
+    then a random brightness/contrast change (``augmentation="crop_intensity"``).
+    The rows ``[views 0 | views 1 | ...]`` go through the network as one
+    batch and are labelled (volume, partition, view) for the loss, which
+    uses the clean all-pairs formulation (e.g. G^D: every row of the same
+    partition in another volume is a positive, every row of another
+    partition a negative). Local stage: two intensity-only views of each
+    slice (``local_augmentation="intensity"``), so pixel (r, c) of one view
+    matches (r, c) of the other.
+
+    **Input.** Volumes are min-max scaled with their 1st/99th percentiles
+    (``normalize="percentile"``, the official preprocessing, done once per
+    volume when it is loaded), and slices are resized on the device to
+    ``slice_size`` squared (bilinear). The U-Net needs sizes divisible by
+    ``2 ** (len(channels) - 1)`` (32 by default).
+
+    **3-D mode** (``dims=3``): samples are slab sub-volumes instead of
+    slices (:class:`~sklearn_cl3d.data.PartitionSliceDataset` with
+    ``dims=3``), resampled to ``output_depth`` slices, with a 3-D U-Net. The
+    local loss runs on every depth plane of the decoder map (3x3 in-plane
+    regions; for ``"LD"`` only maps at the same depth are partners).
+
+    **Output.** ``transform`` encodes every slice of each volume (each slab
+    with ``dims=3``, the window at the slab's centre) and aggregates the
+    features per volume (``aggregate``).
+
+    Parameters
+    ----------
+    strategy : {"GD", "GD-", "GR"} or None, default="GD"
+        Global loss strategy (G^D, G^D-, G^R of the paper); None skips stage 1.
+    local : {"LR", "LD"} or None, default="LR"
+        Local loss strategy (L^R: negatives from the same image; L^D: also
+        the same partition of other volumes as positives); None skips
+        stage 2.
+    n_partitions : int, default=4
+        Partitions S per volume, >= 2 and at most the number of slices.
+    dims : {2, 3}, default=2
+        2: slices and a 2-D U-Net; 3: slab sub-volumes and a 3-D U-Net.
+    channels : tuple of int, default=(16, 32, 64, 128, 128, 128)
+        Output channels of the U-Net encoder levels (the paper's).
+    n_decoder_blocks : int, default=3
+        Decoder blocks ``l`` trained in stage 2 (the paper's 3: a 48x48x64
+        map for 192x192 slices).
+    region_size : {3, 1}, default=3
+        Side of the local regions.
+    regions : {"official13", "official9"}, default="official13"
+        The official fixed region positions (13 or 9 anchors).
+    n_negatives : int, default=5
+        Negative regions per anchor, 1 to 5 (the official L^D scripts use 4).
+    region_dim : int or None, default=128
+        Output size of the shared linear map W applied to every flattened
+        region (the official ``wgt_en=1``); None: no W (the paper's text).
+    temperature : float, default=0.1
+        Temperature of both losses.
+    batch_size : int, default=12
+        Slices per batch (the official ``bt_size``): training batches hold
+        ``max(1, batch_size // n_partitions)`` volumes times
+        ``n_partitions`` slices (each giving its views); also the slices per
+        inference batch of ``transform``.
+    max_epochs : int, default=100
+        Epochs of the global stage (0 skips it).
+    local_epochs : int or None, default=None
+        Epochs of the local stage (0 skips it); None uses ``max_epochs``.
+    steps_per_epoch : int or None, default=None
+        Batches per epoch; None means ``n_volumes // m`` (at least 1), about
+        one draw per volume and epoch. The official runs are 10 001 steps per
+        stage.
+    slice_axis : int, default=-1
+        Spatial axis of (D, H, W) that is partitioned and sliced; -1 (the
+        last array axis) is axial for RAS-oriented volumes.
+    slice_size : int or None, default=192
+        Slices (and the in-plane size of sub-volumes) are resized to
+        ``slice_size`` squared (the paper's 192); a multiple of
+        ``2 ** (len(channels) - 1)``. None keeps the size seen in ``fit``
+        (which must be such a multiple).
+    slab_depth : int or None, default=None
+        ``dims=3``: slices per sub-volume window inside a slab; None is the
+        whole slab.
+    output_depth : int or None, default=None
+        ``dims=3``: depth the window is resampled to, a multiple of
+        ``2 ** (len(channels) - 1)``; None is the smallest such multiple
+        that is at least the window depth.
+    hidden_dim : int, default=1024
+        Hidden width of the global head g1.
+    projection_dim : int, default=128
+        Output size of g1.
+    feature_layer : {"backbone", "flat", "hidden", "projection"}, \
+default="backbone"
+        Slice features of ``transform``: the level-L encoder map averaged
+        over space (``channels[-1]`` values), the flattened map (the input
+        of g1, as the paper's global representation; its size grows with
+        the slice size), g1's hidden layer or g1's output.
+    aggregate : {"mean", "max", "none"}, default="mean"
+        How ``transform`` combines the slice (slab) features of a volume.
+    augmentation : {"crop_intensity"}, callable or None, default="crop_intensity"
+        Augmented views of the global stage; a callable gets a batch tensor
+        (B, C, ...) on the device and a ``generator`` keyword.
+    local_augmentation : {"intensity"}, callable or None, default="intensity"
+        Views of the local stage; a callable must keep pixels aligned.
+    official_intensity : bool, default=False
+        Draw the brightness shift and contrast factor once per batch and tie
+        them (``factor = 1 + delta``), as the official code does; False draws
+        them per image and independently.
+    freeze_encoder_bn : bool, default=False
+        Stage 2 keeps the frozen encoder's BatchNorm in training mode (batch
+        statistics, running averages updated), as the official code; True
+        puts it in eval mode (running statistics, no update).
+    normalize : {"percentile"} or None, default="percentile"
+        Per-volume min-max scaling with the 1st/99th percentiles (after
+        ``preprocessing``); None: use the intensities as they are (the
+        brightness/contrast views assume roughly [0, 1]).
+    lr : float, default=1e-3
+        Adam learning rate of both stages (the paper's).
+    weight_decay : float, default=0.0
+        Weight decay (the official code has none).
+    **kwargs : dict
+        ``preprocessing``, ``cache``, ``optimizer``, ``device``,
+        ``precision``, ``memory_format``, ``compile``, ``random_state``,
+        ``verbose``, ``callbacks`` and skorch parameters
+        (``criterion__reduction``, ``criterion__cross_views``,
+        ``local_criterion__reduction``, ``iterator_train__num_workers``,
+        ...), as in :class:`~sklearn_cl3d.YAwarePretrainer`. Validation
+        splits are not supported (``train_split`` must be None).
+
+    Attributes
+    ----------
+    module_ : GlobalLocalNet
+        The U-Net (``module_.unet``) and heads (``global_head``,
+        ``local_head``).
+    criterion_ : GlobalContrastiveLoss
+        The global loss.
+    local_criterion_ : LocalContrastiveLoss
+        The local loss; owns W (``local_criterion_.weight``).
+    history_ : skorch.History
+        Per-epoch losses; every epoch row has a ``"stage"`` entry.
+    input_shape_ : tuple of int
+        (C, D, H, W) of the volumes seen in ``fit``.
+    network_input_shape_ : tuple of int
+        (C, h, w) or (C, depth, h, w) of the network's inputs.
+    stages_ : tuple of str
+        Stages that have run (at least one epoch) since the network was
+        initialised, in order of first run.
+    device_ : str
+        The device training ran on.
+
+    See Also
+    --------
+    ContrastiveSegmenter : fine-tuning of the pretrained U-Net.
+    sklearn_cl3d.losses.global_contrastive_loss : the global loss.
+    sklearn_cl3d.losses.local_contrastive_loss : the local loss.
+
+    Notes
+    -----
+    Official behaviours and where they stand (see the loss docstrings):
+
+    * on: Adam 1e-3, tau 0.1, S = 4, 12-slice batches, G^D + L^R, l = 3,
+      13 3x3 regions with 5 negatives, W (9C -> 128), 100/192 crops, the
+      encoder BatchNorm updating during stage 2, percentile scaling;
+    * off by default, available: tied batch-shared intensity draws
+      (``official_intensity=True``); no original-augmented positive across
+      volumes in G^D (``criterion__cross_views=False``);
+    * off, not reproduced: the G^D cyclic volume chain, double-counted pairs
+      and all-zero stitched block (use
+      :func:`~sklearn_cl3d.losses.official_global_pairs` for exact
+      values), and the G^D- stride-4 hard-code.
+
+    Deviations: G^R and L^R batches are partition-stratified (official:
+    uniform slices); G^D uses one set of m volumes (official: two sets of 2); slices
+    are resized rather than resampled to a resolution and cropped; each
+    stage starts with a fresh optimizer (the official stages are separate
+    scripts). ``partial_fit`` runs both stages again from the current
+    weights.
+
+    References
+    ----------
+    .. [1] K. Chaitanya, E. Erdil, N. Karani, E. Konukoglu, "Contrastive
+       learning of global and local features for medical image segmentation
+       with limited annotations", NeurIPS 2020.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cl3d import GlobalLocalPretrainer
+    >>> X = np.random.default_rng(0).random((4, 32, 32, 8), dtype="float32")
+    >>> gl = GlobalLocalPretrainer(channels=(4, 8, 8, 8), slice_size=32,
+    ...                            n_decoder_blocks=1, hidden_dim=16,
+    ...                            projection_dim=8, region_dim=8,
+    ...                            max_epochs=1, random_state=0)
+    >>> gl.fit(X).transform(X).shape
+    (4, 8)
+    >>> [row["stage"] for row in gl.history]
+    ['global', 'local']
+    """
+
+    _parameter_constraints = {
+        **{
+            k: v
+            for k, v in BaseContrastivePretrainer._parameter_constraints.items()
+            if k not in _UNUSED_BASE_PARAMS
+        },
+        "strategy": [StrOptions(set(GLOBAL_STRATEGIES)), None],
+        "local": [StrOptions(set(LOCAL_STRATEGIES)), None],
+        "n_partitions": [Interval(Integral, 2, None, closed="left")],
+        "dims": [Interval(Integral, 2, 3, closed="both")],
+        "channels": [list, tuple],
+        "n_decoder_blocks": [Interval(Integral, 1, None, closed="left")],
+        "region_size": [Interval(Integral, 1, 3, closed="both")],
+        "regions": [StrOptions(set(REGION_LAYOUTS))],
+        "n_negatives": [Interval(Integral, 1, 5, closed="both")],
+        "region_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "local_epochs": [Interval(Integral, 0, None, closed="left"), None],
+        "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
+        "slice_axis": [Interval(Integral, -3, 2, closed="both")],
+        "slice_size": [Interval(Integral, 1, None, closed="left"), None],
+        "slab_depth": [Interval(Integral, 1, None, closed="left"), None],
+        "output_depth": [Interval(Integral, 1, None, closed="left"), None],
+        "feature_layer": [StrOptions(set(GL_FEATURE_LAYERS))],
+        "aggregate": [StrOptions(set(AGGREGATES))],
+        "augmentation": [StrOptions({"crop_intensity"}), callable, None],
+        "local_augmentation": [StrOptions({"intensity"}), callable, None],
+        "official_intensity": ["boolean"],
+        "freeze_encoder_bn": ["boolean"],
+        "normalize": [StrOptions({"percentile"}), None],
+        "train_split": [None],
+    }
+
+    def __init__(
+        self,
+        *,
+        strategy="GD",
+        local="LR",
+        n_partitions=4,
+        dims=2,
+        channels=(16, 32, 64, 128, 128, 128),
+        n_decoder_blocks=3,
+        region_size=3,
+        regions="official13",
+        n_negatives=5,
+        region_dim=128,
+        temperature=0.1,
+        batch_size=12,
+        max_epochs=100,
+        local_epochs=None,
+        steps_per_epoch=None,
+        slice_axis=-1,
+        slice_size=192,
+        slab_depth=None,
+        output_depth=None,
+        hidden_dim=1024,
+        projection_dim=128,
+        feature_layer="backbone",
+        aggregate="mean",
+        augmentation="crop_intensity",
+        local_augmentation="intensity",
+        official_intensity=False,
+        freeze_encoder_bn=False,
+        normalize="percentile",
+        lr=1e-3,
+        weight_decay=0.0,
+        **kwargs,
+    ):
+        kwargs.setdefault("module", GlobalLocalNet)
+        super().__init__(
+            hidden_dim=hidden_dim,
+            projection_dim=projection_dim,
+            feature_layer=feature_layer,
+            augmentation=augmentation,
+            normalize=normalize,
+            temperature=temperature,
+            lr=lr,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            **kwargs,
+        )
+        for name in _UNUSED_BASE_PARAMS:
+            self.__dict__.pop(name, None)
+        self.strategy = strategy
+        self.local = local
+        self.n_partitions = n_partitions
+        self.dims = dims
+        self.channels = channels
+        self.n_decoder_blocks = n_decoder_blocks
+        self.region_size = region_size
+        self.regions = regions
+        self.n_negatives = n_negatives
+        self.region_dim = region_dim
+        self.local_epochs = local_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.slice_axis = slice_axis
+        self.slice_size = slice_size
+        self.slab_depth = slab_depth
+        self.output_depth = output_depth
+        self.aggregate = aggregate
+        self.local_augmentation = local_augmentation
+        self.official_intensity = official_intensity
+        self.freeze_encoder_bn = freeze_encoder_bn
+
+    # ------------------------------------------------------------ hooks
+
+    @classmethod
+    def _default_criterion(cls):
+        return GlobalContrastiveLoss
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False  # volumes only
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = False
+        return tags
+
+    def _check_params(self):
+        super()._check_params()
+        if self.region_size not in (1, 3):
+            raise ValueError(f"region_size must be 1 or 3; got {self.region_size!r}.")
+        channels = self.channels
+        if len(channels) < 2 or not all(
+            isinstance(c, Integral) and not isinstance(c, bool) and c >= 1
+            for c in channels
+        ):
+            raise ValueError(
+                "channels must list at least 2 positive ints (one per encoder "
+                f"level); got {channels!r}."
+            )
+        if self.n_decoder_blocks > len(channels) - 1:
+            raise ValueError(
+                f"n_decoder_blocks={self.n_decoder_blocks} exceeds the "
+                f"{len(channels) - 1} decoder blocks of a U-Net with "
+                f"{len(channels)} encoder levels (channels={tuple(channels)})."
+            )
+        multiple = self._size_multiple()
+        for name in ("slice_size", "output_depth"):
+            value = getattr(self, name)
+            if value is not None and value % multiple:
+                raise ValueError(
+                    f"{name}={value} is not a multiple of {multiple}: the U-Net "
+                    f"with {len(channels)} encoder levels halves every size "
+                    f"{len(channels) - 1} times (use e.g. {name}="
+                    f"{max(multiple, round(value / multiple) * multiple)})."
+                )
+
+    def _size_multiple(self):
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def _dims(self):
+        return int(self.dims)
+
+    @property
+    def _n_features_out(self):
+        if not getattr(self, "initialized_", False):
+            raise AttributeError("not fitted")
+        return self._bare_module().feature_dim(self.feature_layer)
+
+    def _stage_epochs(self):
+        """[(stage, epochs)] of the stages ``fit`` runs, in order."""
+        local_epochs = (
+            self.max_epochs if self.local_epochs is None else (self.local_epochs)
+        )
+        stages = []
+        if self.strategy is not None and self.max_epochs > 0:
+            stages.append(("global", self.max_epochs))
+        if self.local is not None and local_epochs > 0:
+            stages.append(("local", local_epochs))
+        return stages
+
+    # ------------------------------------------------------------ geometry
+
+    def _plane(self, sample_shape):
+        axis = self.slice_axis % 3
+        return tuple(s for a, s in enumerate(sample_shape[1:]) if a != axis)
+
+    def _geometry(self, volumes):
+        """Check the slice geometry of ``volumes``; return the network input."""
+        shape = tuple(volumes.sample_shape)
+        axis = self.slice_axis % 3
+        n_slices = shape[1 + axis]
+        if n_slices < self.n_partitions:
+            raise ValueError(
+                f"volumes of shape {shape[1:]} have {n_slices} slice(s) along "
+                f"slice_axis={self.slice_axis}, fewer than n_partitions="
+                f"{self.n_partitions}: every partition needs at least one slice "
+                "(use fewer partitions or another slice axis)."
+            )
+        multiple = self._size_multiple()
+        plane = self._plane(shape)
+        if self.slice_size is None:
+            if any(s % multiple for s in plane):
+                hint = multiple * max(1, round(plane[0] / multiple))
+                raise ValueError(
+                    f"slices of size {plane} are not multiples of {multiple}, as "
+                    f"the U-Net with {len(self.channels)} encoder levels needs: "
+                    f"set slice_size (e.g. {hint}) "
+                    "to resize them."
+                )
+        else:
+            plane = (self.slice_size,) * 2
+        if self._dims == 2:
+            return (shape[0], *plane)
+        slab = n_slices // self.n_partitions
+        depth = slab if self.slab_depth is None else self.slab_depth
+        if depth > slab:
+            raise ValueError(
+                f"slab_depth={depth} exceeds the slab size {slab} ({n_slices} "
+                f"slices, {self.n_partitions} partitions)."
+            )
+        out_depth = self.output_depth or multiple * math.ceil(depth / multiple)
+        return (shape[0], out_depth, *plane)
+
+    def _check_local_regions(self, input_shape):
+        if self.local is None:
+            return
+        scale = 2**self.n_decoder_blocks / self._size_multiple()
+        h, w = (int(s * scale) for s in input_shape[-2:])
+        try:
+            local_region_positions(
+                h, w, self.region_size, self.regions, self.n_negatives
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"decoder block {self.n_decoder_blocks} gives {h}x{w} maps for "
+                f"inputs of size {tuple(input_shape[1:])}, too small for the "
+                f"local regions ({exc}) Use a larger slice_size or more decoder "
+                "blocks."
+            ) from None
+
+    def _network_input_shape(self):
+        return self.network_input_shape_
+
+    # ------------------------------------------------------- components
+
+    def initialize(self):
+        NeuralNet.initialize(self)
+        self.augment_ = _build_views(
+            self.augmentation, "global", self.official_intensity
+        )
+        self.local_augment_ = _build_views(
+            self.local_augmentation, "local", self.official_intensity
+        )
+        self.normalizer_ = None  # the scaling is done per volume on loading
+        for key in ("_compiled_module", "_grad_scaler"):
+            self.__dict__.pop(key, None)
+        self.stages_ = ()
+        return self
+
+    def initialize_module(self):
+        if not hasattr(self, "network_input_shape_"):
+            raise AttributeError(
+                f"{type(self).__name__} builds its network from the shape of X: "
+                "call fit(X) instead of initialize()."
+            )
+        shape = self.network_input_shape_
+        kwargs = {
+            "dims": self._dims,
+            "in_channels": shape[0],
+            "channels": tuple(self.channels),
+            "input_size": shape[1:],
+            "hidden_dim": self.hidden_dim,
+            "out_dim": self.projection_dim,
+            "n_decoder_blocks": self.n_decoder_blocks,
+        }
+        kwargs.update(self.get_params_for("module"))
+        self.module_ = self.initialized_instance(self.module, kwargs)
+        fmt = self._memory_format(len(shape) + 1)
+        if fmt is not torch.contiguous_format:
+            self.module_ = self.module_.to(memory_format=fmt)
+        return self
+
+    def initialize_criterion(self):
+        kwargs = {"strategy": self.strategy or "GD", "temperature": self.temperature}
+        kwargs.update(self.get_params_for("criterion"))
+        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
+        channels = tuple(self.channels)
+        local = {
+            "temperature": self.temperature,
+            "strategy": self.local or "LR",
+            "region_size": self.region_size,
+            "regions": self.regions,
+            "n_negatives": self.n_negatives,
+            "in_channels": channels[-1 - self.n_decoder_blocks],
+            "out_features": self.region_dim,
+        }
+        local.update(self.get_params_for("local_criterion"))
+        self.local_criterion_ = LocalContrastiveLoss(**local)
+        return self
+
+    def get_all_learnable_params(self):
+        """The parameters the current stage trains.
+
+        Global stage: the encoder and g1. Local stage: the first
+        ``n_decoder_blocks`` decoder blocks, g2 and the local criterion's W.
+        """
+        net = self._bare_module()
+        if self.__dict__.get("_stage", "global") == "global":
+            parts = [
+                ("unet.encoder", net.unet.encoder),
+                ("global_head", net.global_head),
+            ]
+        else:
+            blocks = net.unet.decoder_blocks[: self.n_decoder_blocks]
+            parts = [
+                ("unet.decoder_blocks", blocks),
+                ("local_head", net.local_head),
+                ("local_criterion", self.local_criterion_),
+            ]
+        for prefix, module in parts:
+            for name, param in module.named_parameters():
+                yield f"{prefix}.{name}", param
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
+        self.history.record("stage", self.__dict__.get("_stage"))
+
+    # ------------------------------------------------------------ data
+
+    def _lazy(self, X):
+        return True
+
+    def _as_dataset(self, X, y, *, reset):
+        """Volumes as a :class:`VolumeDataset` with the scaling step appended."""
+        steps, cache, kwargs = [], self.cache, {}
+        if isinstance(X, VolumeDataset):
+            if X.preprocessing is not None:
+                steps.append(X.preprocessing)
+            cache = cache or X.cache
+            kwargs = {"dtype": X.dtype, "expected_ndim": X.expected_ndim}
+            X = X.X
+        elif not is_volume_collection(X):
+            cache = True  # in-memory arrays: scale each volume once
+        if self.preprocessing is not None:
+            steps.append(make_preprocessing(self.preprocessing))
+        if self.normalize == "percentile":
+            steps.append(PercentileScaling())
+        ds = as_volume_dataset(X, preprocessing=steps or None, cache=cache, **kwargs)
+        if reset and hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+        check_input_shape(self, tuple(ds.sample_shape), reset=reset)
+        return ds
+
+    def _partition_dataset(self, volumes):
+        depth = None
+        if self._dims == 3:
+            depth = self.network_input_shape_[1]
+        return PartitionSliceDataset(
+            volumes,
+            n_partitions=self.n_partitions,
+            axis=self.slice_axis,
+            dims=self._dims,
+            slab_depth=self.slab_depth if self._dims == 3 else None,
+            output_depth=depth,
+        )
+
+    def get_iterator(self, dataset, training=False):
+        if not (training and isinstance(dataset, PartitionSliceDataset)):
+            return super().get_iterator(dataset, training=training)
+        kwargs = self.get_params_for("iterator_train")
+        for key in ("batch_size", "shuffle", "drop_last", "sampler"):
+            kwargs.pop(key, None)
+        m = min(max(1, self.batch_size // self.n_partitions), dataset.n_volumes)
+        steps = self.steps_per_epoch or max(1, dataset.n_volumes // m)
+        sampler = PartitionBatchSampler(
+            dataset.n_volumes,
+            dataset.n_slices,
+            n_partitions=self.n_partitions,
+            volumes_per_batch=m,
+            n_batches=steps,
+        )
+        if self.device is not None and torch.device(self.device).type == "cuda":
+            kwargs.setdefault("pin_memory", True)
+        return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
+
+    def _prepare(self, x):
+        """Batch to the device, in-plane resize to the network's input size."""
+        x = self._to_device(x).float()
+        size = tuple(self.network_input_shape_[-2:])
+        if tuple(x.shape[-2:]) != size:
+            if x.ndim == 4:
+                x = F.interpolate(
+                    x,
+                    size=size,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=min(x.shape[-2:]) > min(size),
+                )
+            else:
+                x = F.interpolate(
+                    x,
+                    size=(x.shape[2], *size),
+                    mode="trilinear",
+                    align_corners=False,
+                )
+        return x
+
+    # -------------------------------------------------------- the step
+
+    def _global_views(self, x, gen):
+        with_original, n_augmented = _GLOBAL_VIEWS[self.strategy]
+        views = [x] if with_original else []
+        for _ in range(n_augmented):
+            views.append(
+                x if self.augment_ is None else self.augment_(x, generator=gen)
+            )
+        return views
+
+    def infer(self, x, **fit_params):
+        """Global stage: g1 embeddings of all views, rows ``[view 0 | view 1
+        | ...]``. Local stage: g2 maps of the two intensity views."""
+        x = self._prepare(x)
+        gen = self._generator(x.device)
+        net = self._net()
+        if self.__dict__.get("_stage", "global") == "global":
+            batch = torch.cat(self._global_views(x, gen))
+            with self._autocast():
+                z = net(self._as_input(batch), mode="global", **fit_params)
+            return z.float()
+        views = [
+            x if self.local_augment_ is None else self.local_augment_(x, generator=gen)
+            for _ in range(2)
+        ]
+        if self.freeze_encoder_bn:
+            self._bare_module().unet.encoder.eval()
+        with self._autocast():
+            f = net(self._as_input(torch.cat(views)), mode="local", **fit_params)
+        f1, f2 = f.float().chunk(2)
+        return f1, f2
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        if self.__dict__.get("_stage", "global") == "global":
+            z = y_pred
+            target = to_tensor(y_true, device=z.device)
+            n = target.shape[0]
+            n_views = z.shape[0] // n
+            volume, partition = target[:, 0], target[:, 1]
+            if self.strategy == "GR":
+                volume = torch.arange(n, device=z.device)  # one "volume" per slice
+            view = torch.arange(n_views, device=z.device).repeat_interleave(n)
+            return self.criterion_(
+                z, volume.repeat(n_views), partition.repeat(n_views), view
+            )
+        f1, f2 = y_pred
+        target = to_tensor(y_true, device=f1.device)
+        volume, partition = target[:, 0], target[:, 1]
+        if f1.ndim == 5:
+            # 3-D maps: every depth plane is a 2-D map of its own
+            n, c, d = f1.shape[:3]
+            f1 = f1.transpose(1, 2).reshape(n * d, c, *f1.shape[3:])
+            f2 = f2.transpose(1, 2).reshape(n * d, c, *f2.shape[3:])
+            depth = torch.arange(d, device=f1.device).repeat(n)
+            volume = volume.repeat_interleave(d)
+            partition = partition.repeat_interleave(d) * d + depth
+        return self.local_criterion_(f1, f2, volume, partition)
+
+    def evaluation_step(self, batch, training=False):
+        self.check_is_fitted()
+        Xi, _ = unpack_data(batch)
+        with torch.set_grad_enabled(training):
+            self._set_training(training)
+            x = self._as_input(self._prepare(Xi))
+            with self._autocast():
+                out = self._bare_module().features(x, self.feature_layer)
+            return out.float()
+
+    # ------------------------------------------------------ public API
+
+    def _run_stage(self, dataset, stage, epochs, fit_params):
+        self.__dict__["_stage"] = stage
+        if stage == "global":
+            reason = "Stage 'global': training the encoder and g1."
+        else:
+            reason = (
+                f"Stage 'local': training decoder blocks 1-{self.n_decoder_blocks}, "
+                "g2 and W; encoder frozen."
+            )
+        self._initialize_optimizer(reason=reason)
+        encoder = self._bare_module().unet.encoder
+        frozen = stage == "local"
+        if frozen:
+            encoder.requires_grad_(False)
+        try:
+            NeuralNet.partial_fit(self, dataset, None, epochs=epochs, **fit_params)
+        finally:
+            if frozen:
+                encoder.requires_grad_(True)
+        if stage not in self.stages_:
+            self.stages_ = (*self.stages_, stage)
+
+    def _fit(self, X, y, fit_params, *, partial):
+        self._check_params()
+        reset = not (partial or self.warm_start) or not getattr(
+            self, "initialized_", False
+        )
+        volumes = self._as_dataset(X, None, reset=reset)
+        shape = self._geometry(volumes)
+        if reset:
+            self.network_input_shape_ = shape
+        self._check_local_regions(self.network_input_shape_)
+        dataset = self._partition_dataset(volumes)
+        stages = self._stage_epochs()
+        if reset:
+            rng = check_random_state(self.random_state)
+            self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+        offset = 0 if reset else len(self.history)
+        with self._on_device() as device, self._seeded(offset):
+            self.device_ = device
+            if reset:
+                self.__dict__["_stage"] = stages[0][0] if stages else "global"
+                self.__dict__.pop("_aug_generator", None)
+                self.initialize()
+            for stage, epochs in stages:
+                self._run_stage(dataset, stage, epochs, fit_params)
+        return self
+
+    def fit(self, X, y=None, **fit_params):
+        """Run the global stage, then the local stage, on volumes X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W), or list
+            Unlabelled volumes, or a list of paths (``.nii``, ``.nii.gz``,
+            ``.nrrd``, ``.npy``) or nibabel images, loaded lazily.
+        y : None
+            Ignored.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit(X, y, fit_params, partial=False)
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """Run both stages again from the current weights (initialise if needed).
+
+        Parameters
+        ----------
+        X : array-like or list
+            Volumes, same kind and per-slice shape as in earlier calls.
+        y : None
+            Ignored.
+        classes : None
+            Ignored.
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(X, y, fit_params, partial=True)
+
+    def transform(self, X):
+        """Global encoder features of each volume.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W), or list
+            Volumes with as many channels as in ``fit`` (in-plane sizes are
+            resized to the network's).
+
+        Returns
+        -------
+        ndarray of float32
+            ``(n_volumes, n_features)`` with ``aggregate="mean"`` or
+            ``"max"``; ``(n_volumes, n_items, n_features)`` with
+            ``aggregate="none"``, the items being the slices along
+            ``slice_axis`` in order (the ``n_partitions`` slabs with
+            ``dims=3``).
+        """
+        self.check_is_fitted()
+        volumes = self._as_dataset(X, None, reset=False)
+        if self._dims == 2:
+            items = SliceDataset(volumes, axis=self.slice_axis, fraction=1.0)
+            n_items = items.n_kept
+        else:
+            slabs = self._partition_dataset(volumes)
+            centres = [start + slabs.slab_size // 2 for start, _ in slabs.bounds]
+            index = [
+                v * slabs.n_slices + z for v in range(len(volumes)) for z in centres
+            ]
+            items = torch.utils.data.Subset(slabs, index)
+            n_items = len(centres)
+        with self._on_device():
+            out = [
+                f.numpy()
+                for f in self.forward_iter(items, training=False, device="cpu")
+            ]
+        feats = np.concatenate(out).astype(np.float32, copy=False)
+        feats = feats.reshape(len(volumes), n_items, -1)
+        if self.aggregate == "mean":
+            return feats.mean(axis=1)
+        if self.aggregate == "max":
+            return feats.max(axis=1)
+        return feats

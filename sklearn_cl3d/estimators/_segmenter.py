@@ -1,0 +1,811 @@
+"""Fine-tuning of a global-local pretrained U-Net for segmentation
+(Chaitanya et al., NeurIPS 2020), and the same U-Net from random weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
+from skorch import NeuralNet
+from skorch.dataset import Dataset, unpack_data
+from skorch.utils import to_tensor
+from torch import nn
+
+from ..callbacks import StopOnNonFiniteLoss
+from ..data import check_volumes
+from ..nn import UNet
+from ._base import MEMORY_FORMATS, BaseContrastivePretrainer, resolve_device
+from ._globallocal import GlobalLocalPretrainer, PercentileScaling
+
+__all__ = ["ContrastiveSegmenter", "DiceCELoss", "dice_scores"]
+
+
+# -------------------------------------------------------------------- loss
+
+
+class DiceCELoss(nn.Module):
+    """Soft Dice loss plus cross-entropy on segmentation logits.
+
+    With ``p`` the softmax of the logits and ``g`` the one-hot target, the
+    Dice of class ``c`` is ``(2 sum(p_c g_c) + eps) / (sum(p_c) + sum(g_c) +
+    eps)``, the sums running over the whole batch; the loss is::
+
+        dice_weight * (1 - mean_c Dice_c) + ce_weight * cross_entropy
+
+    The official fine-tuning loss is the Dice term alone, background
+    included (``ce_weight=0``).
+
+    Parameters
+    ----------
+    dice_weight, ce_weight : float, default=1.0
+        Weights of the two terms (non-negative).
+    include_background : bool, default=True
+        Average the Dice over all classes (True) or over classes 1.. only.
+    eps : float, default=1e-5
+        Smoothing of the Dice ratio.
+
+    Examples
+    --------
+    >>> import torch
+    >>> target = torch.tensor([[[0, 1], [1, 0]]])
+    >>> logits = 20.0 * torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2)
+    >>> round(float(DiceCELoss()(logits.float(), target)), 4)
+    0.0
+    """
+
+    def __init__(
+        self, dice_weight=1.0, ce_weight=1.0, include_background=True, eps=1e-5
+    ):
+        super().__init__()
+        self.dice_weight = float(dice_weight)
+        self.ce_weight = float(ce_weight)
+        self.include_background = bool(include_background)
+        self.eps = float(eps)
+
+    def forward(self, logits, target):
+        """Loss of logits ``(N, K, *spatial)`` against labels ``(N, *spatial)``."""
+        logits = logits.float()
+        loss = logits.new_zeros(())
+        if self.dice_weight:
+            k = logits.shape[1]
+            prob = logits.softmax(dim=1)
+            onehot = F.one_hot(target, k).movedim(-1, 1).to(prob.dtype)
+            axes = (0, *range(2, logits.ndim))
+            inter = (prob * onehot).sum(axes)
+            denom = prob.sum(axes) + onehot.sum(axes)
+            dice = (2 * inter + self.eps) / (denom + self.eps)
+            if not self.include_background:
+                dice = dice[1:]
+            loss = loss + self.dice_weight * (1 - dice.mean())
+        if self.ce_weight:
+            loss = loss + self.ce_weight * F.cross_entropy(logits, target)
+        return loss
+
+    def extra_repr(self):
+        return (
+            f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}, "
+            f"include_background={self.include_background}"
+        )
+
+
+def dice_scores(y_true, y_pred, n_classes, *, include_background=False):
+    """Dice of every class in every label volume.
+
+    ``Dice = 2 |P & G| / (|P| + |G|)`` per volume and class; a class absent
+    from both the prediction and the truth of a volume scores 1.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int, shape (n, D, H, W)
+        True and predicted label volumes.
+    n_classes : int
+        Number of classes (labels ``0 .. n_classes - 1``).
+    include_background : bool, default=False
+        Include class 0.
+
+    Returns
+    -------
+    ndarray of shape (n, n_classes - 1) or (n, n_classes)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = np.array([[[[0, 1, 1, 2]]]])
+    >>> p = np.array([[[[0, 1, 2, 2]]]])
+    >>> dice_scores(t, p, 3).round(3).tolist()
+    [[0.667, 0.667]]
+    """
+    t = np.asarray(y_true).reshape(len(y_true), -1)
+    p = np.asarray(y_pred).reshape(len(y_pred), -1)
+    classes = range(0 if include_background else 1, n_classes)
+    out = np.empty((len(t), len(classes)))
+    for j, c in enumerate(classes):
+        tc, pc = t == c, p == c
+        inter = (tc & pc).sum(axis=1)
+        total = tc.sum(axis=1) + pc.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, j] = np.where(total > 0, 2 * inter / total, 1.0)
+    return out
+
+
+# --------------------------------------------------------------- estimator
+
+
+class ContrastiveSegmenter(NeuralNet):
+    """Segmentation U-Net fine-tuned from global-local pretraining.
+
+    The network is the U-Net of :class:`~sklearn_cl3d.GlobalLocalPretrainer`
+    with a segmentation tail (two 3x3 conv-BN-ReLU, then a 3x3 convolution to
+    ``n_classes``). With ``pretrained`` set, its encoder and the decoder
+    blocks trained by the local stage are copied from the pretrainer; the
+    other decoder blocks and the tail start from random weights, and **all**
+    layers are trained (Chaitanya et al., stage 3). ``pretrained=None``
+    trains the same U-Net from random weights: the baseline.
+
+    Training is on few labelled volumes: in 2-D mode on every slice along
+    the slice axis (each with its mask slice), in 3-D mode on whole volumes
+    (slice axis first, depth resampled to ``volume_depth``), with
+    :class:`DiceCELoss`. Inputs are scaled per volume as in pretraining and
+    resized on the device to the network's size (masks with
+    nearest-neighbour); ``predict_proba`` resizes the softmax back to the
+    volume's size, so ``predict`` returns label volumes shaped like X.
+
+    Parameters
+    ----------
+    pretrained : GlobalLocalPretrainer or None, default=None
+        A fitted pretrainer; its weights are copied (it is never changed),
+        and :func:`~sklearn.base.clone` keeps the reference, so every clone in
+        a cross-validation or grid search starts from the same weights. Its
+        ``dims``, ``channels``, ``slice_axis``, in-plane network size and
+        ``normalize`` are used, and the parameters of the same names here are
+        ignored. Its ``preprocessing`` is not applied: give volumes (and masks)
+        prepared the same way. A ``FrozenEstimator`` wrapping one is accepted.
+    n_classes : int or None, default=None
+        Number of classes, background (label 0) included; None is the largest
+        label in the masks of ``fit`` plus 1.
+    dims : {2, 3}, default=2
+        Without ``pretrained``: 2-D U-Net on slices or 3-D U-Net on volumes.
+    channels : tuple of int, default=(16, 32, 64, 128, 128, 128)
+        Without ``pretrained``: encoder channels of the U-Net.
+    slice_axis : int, default=-1
+        Without ``pretrained``: spatial axis of (D, H, W) slices are taken
+        along (2-D) or that becomes the depth axis (3-D).
+    slice_size : int or None, default=192
+        Without ``pretrained``: in-plane network size, a multiple of
+        ``2 ** (len(channels) - 1)``; None keeps the size seen in ``fit``.
+    volume_depth : int or None, default=None
+        3-D mode: depth volumes are resampled to, a multiple of
+        ``2 ** (len(channels) - 1)``; None is the smallest such multiple that
+        is at least the number of slices.
+    normalize : {"percentile"} or None, default="percentile"
+        Without ``pretrained``: per-volume min-max scaling with the 1st/99th
+        percentiles, or None.
+    dice_weight, ce_weight : float, default=1.0
+        Weights of the Dice and cross-entropy terms (official: Dice only,
+        ``ce_weight=0``).
+    include_background : bool, default=True
+        Dice loss over all classes (official) or the foreground ones.
+    optimizer : torch optimizer class, default=torch.optim.Adam
+    lr : float, default=1e-3
+        Learning rate (official).
+    weight_decay : float, default=0.0
+    max_epochs : int, default=100
+        Epochs over the labelled slices (volumes in 3-D mode).
+    batch_size : int, default=20
+        Slices (volumes) per step (the official ``mtask_bs`` is 20).
+    device : str, default="auto"
+        ``"auto"``: CUDA when available, else the CPU.
+    precision : {"auto", "fp32", "bf16"}, default="auto"
+        Autocast precision (``"auto"``: bf16 on a CUDA device supporting it).
+    memory_format : {"auto", "contiguous", "channels_last"}, default="auto"
+    compile : bool, default=False
+        Run the training forwards through :func:`torch.compile`.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation of the new layers and the shuffling.
+    verbose : int, default=0
+    train_split : callable or None, default=None
+        skorch validation split (of slices/volumes); None trains on all.
+    callbacks : list of (name, callback) or None, default=None
+    **kwargs : dict
+        Other skorch parameters (``module__*``, ``criterion__eps``,
+        ``iterator_train__num_workers``, ...).
+
+    Attributes
+    ----------
+    module_ : UNet
+        The segmentation network.
+    n_classes_ : int
+        Number of classes.
+    classes_ : ndarray of shape (n_classes_,)
+        The labels ``0 .. n_classes_ - 1``.
+    n_pretrained_blocks_ : int
+        Decoder blocks copied from ``pretrained`` (0: encoder only, or no
+        pretrained network).
+    geometry_ : dict
+        ``dims``, ``channels``, ``slice_axis``, ``input_size`` (network
+        spatial size) and ``normalize`` in use.
+    input_shape_ : tuple of int
+        (C, D, H, W) of the volumes seen in ``fit``.
+    history_ : skorch.History
+    device_ : str
+
+    See Also
+    --------
+    GlobalLocalPretrainer : the pretraining.
+    dice_scores : per-volume, per-class Dice.
+
+    Notes
+    -----
+    Deviations from the official fine-tuning: no data augmentation (the
+    official code uses rotations, scaling, flips and elastic deformations),
+    no best-checkpoint selection on validation volumes (use skorch
+    callbacks), and the default loss adds cross-entropy to the Dice loss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cl3d import ContrastiveSegmenter
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((2, 32, 32, 4), dtype="float32")
+    >>> masks = (X > 0.5).astype(int)
+    >>> seg = ContrastiveSegmenter(channels=(4, 8, 8), slice_size=32,
+    ...                            max_epochs=1, random_state=0)
+    >>> seg.fit(X, masks).predict(X).shape
+    (2, 32, 32, 4)
+    >>> 0.0 <= seg.score(X, masks) <= 1.0
+    True
+    """
+
+    _parameter_constraints = {
+        "n_classes": [Interval(Integral, 2, None, closed="left"), None],
+        "dims": [Interval(Integral, 2, 3, closed="both")],
+        "channels": [list, tuple],
+        "slice_axis": [Interval(Integral, -3, 2, closed="both")],
+        "slice_size": [Interval(Integral, 1, None, closed="left"), None],
+        "volume_depth": [Interval(Integral, 1, None, closed="left"), None],
+        "normalize": [StrOptions({"percentile"}), None],
+        "dice_weight": [Interval(Real, 0, None, closed="left")],
+        "ce_weight": [Interval(Real, 0, None, closed="left")],
+        "include_background": ["boolean"],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device, None],
+        "precision": [StrOptions({"auto", "fp32", "bf16"})],
+        "memory_format": [StrOptions(set(MEMORY_FORMATS))],
+        "compile": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        pretrained=None,
+        *,
+        n_classes=None,
+        dims=2,
+        channels=(16, 32, 64, 128, 128, 128),
+        slice_axis=-1,
+        slice_size=192,
+        volume_depth=None,
+        normalize="percentile",
+        dice_weight=1.0,
+        ce_weight=1.0,
+        include_background=True,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        weight_decay=0.0,
+        max_epochs=100,
+        batch_size=20,
+        device="auto",
+        precision="auto",
+        memory_format="auto",
+        compile=False,
+        random_state=None,
+        verbose=0,
+        train_split=None,
+        callbacks=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("module", UNet)
+        kwargs.setdefault("criterion", DiceCELoss)
+        super().__init__(
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            callbacks=callbacks,
+            verbose=verbose,
+            device=device,
+            **kwargs,
+        )
+        self.pretrained = pretrained
+        self.n_classes = n_classes
+        self.dims = dims
+        self.channels = channels
+        self.slice_axis = slice_axis
+        self.slice_size = slice_size
+        self.volume_depth = volume_depth
+        self.normalize = normalize
+        self.dice_weight = dice_weight
+        self.ce_weight = ce_weight
+        self.include_background = include_background
+        self.weight_decay = weight_decay
+        self.precision = precision
+        self.memory_format = memory_format
+        self.compile = compile
+        self.random_state = random_state
+
+    # the device, seeding, precision and batching plumbing of the pretrainers
+    _on_device = BaseContrastivePretrainer._on_device
+    _seeded = BaseContrastivePretrainer._seeded
+    _precision = BaseContrastivePretrainer._precision
+    _autocast = BaseContrastivePretrainer._autocast
+    _memory_format = BaseContrastivePretrainer._memory_format
+    _to_device = BaseContrastivePretrainer._to_device
+    _as_input = BaseContrastivePretrainer._as_input
+    _net = BaseContrastivePretrainer._net
+    get_iterator = BaseContrastivePretrainer.get_iterator
+
+    # ---------------------------------------------------- sklearn plumbing
+
+    def _get_param_names(self):
+        return [k for k in super()._get_param_names() if not k.startswith("_")]
+
+    def get_params(self, deep=True, **kwargs):
+        # the pretrainer is a weights source, not a sub-estimator to tune
+        params = super().get_params(deep=deep, **kwargs)
+        return {k: v for k, v in params.items() if not k.startswith("pretrained__")}
+
+    def __sklearn_clone__(self):
+        # sklearn's clone would give an *unfitted* copy of the pretrainer:
+        # keep the reference, clone the rest
+        params = self.get_params(deep=False)
+        new = type(self)(
+            **{
+                k: v if k == "pretrained" else clone(v, safe=False)
+                for k, v in params.items()
+            }
+        )
+        for key in ("_metadata_request", "_sklearn_output_config"):
+            if hasattr(self, key):
+                setattr(new, key, copy.deepcopy(getattr(self, key)))
+        return new
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.target_tags.required = True
+        return tags
+
+    def _check_params(self):
+        params = {
+            key: getattr(self, key)
+            for key in self._parameter_constraints
+            if key in self.__dict__
+        }
+        validate_parameter_constraints(
+            self._parameter_constraints, params, caller_name=type(self).__name__
+        )
+        resolve_device(self.device)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in ("_compiled_module", "_source_cache"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        requested = state.get("device")
+        if requested == "auto":
+            state["device"] = resolve_device("auto")
+        super().__setstate__(state)
+        if "device_" in self.__dict__:
+            self.device_ = str(self.__dict__["device"])
+        if requested == "auto":
+            self.__dict__["device"] = "auto"
+
+    # ------------------------------------------------------------ source
+
+    def _source(self):
+        """The fitted pretrainer (None without one)."""
+        cached = self.__dict__.get("_source_cache")
+        if cached is not None:
+            return cached
+        source = self.pretrained
+        if source is None:
+            return None
+        if type(source).__name__ == "FrozenEstimator":
+            source = source.estimator
+        if not isinstance(source, GlobalLocalPretrainer):
+            raise ValueError(
+                "pretrained must be a fitted GlobalLocalPretrainer or None; got "
+                f"{type(source).__name__}."
+            )
+        if not getattr(source, "initialized_", False) or not hasattr(
+            source, "network_input_shape_"
+        ):
+            raise NotFittedError(
+                "The pretrained GlobalLocalPretrainer is not fitted: fit it on "
+                "unlabelled volumes first (fine-tuning never fits it)."
+            )
+        return source
+
+    def _geometry(self, source, sample_shape):
+        """Network and slicing configuration for volumes of ``sample_shape``."""
+        if source is not None:
+            dims, channels = int(source.dims), tuple(source.channels)
+            axis, normalize = source.slice_axis, source.normalize
+            plane = tuple(source.network_input_shape_[-2:])
+        else:
+            dims, channels = int(self.dims), tuple(self.channels)
+            axis, normalize = self.slice_axis, self.normalize
+            plane = None if self.slice_size is None else (self.slice_size,) * 2
+        multiple = 2 ** (len(channels) - 1)
+        if len(channels) < 2:
+            raise ValueError(f"channels must list at least 2 levels; got {channels!r}.")
+        axis %= 3
+        n_slices = sample_shape[1 + axis]
+        if plane is None:
+            plane = tuple(s for a, s in enumerate(sample_shape[1:]) if a != axis)
+            what = f"slices of size {plane} (slice_size=None)"
+        else:
+            what = f"slice_size={plane[0]}"
+        if any(s % multiple for s in plane):
+            hint = multiple * max(1, round(plane[0] / multiple))
+            raise ValueError(
+                f"{what} is not a multiple of {multiple}, as the U-Net with "
+                f"{len(channels)} encoder levels needs; set slice_size to a "
+                f"multiple of {multiple} (e.g. {hint})."
+            )
+        size = plane
+        if dims == 3:
+            depth = self.volume_depth
+            if depth is None:
+                depth = multiple * math.ceil(n_slices / multiple)
+            elif depth % multiple:
+                raise ValueError(
+                    f"volume_depth={depth} is not a multiple of {multiple}."
+                )
+            size = (depth, *plane)
+        return {
+            "dims": dims,
+            "channels": channels,
+            "slice_axis": axis,
+            "input_size": size,
+            "normalize": normalize,
+        }
+
+    # ------------------------------------------------------------ data
+
+    def _volumes(self, X, *, reset):
+        """Validated float32 volumes (n, C, D, H, W)."""
+        ndim = getattr(X, "ndim", None)
+        if ndim is None:
+            ndim = np.asarray(X).ndim
+        if ndim not in (4, 5):
+            raise ValueError(
+                "X must be an array of volumes (n, D, H, W) or (n, C, D, H, W); "
+                f"got {ndim} dimension(s)."
+            )
+        return check_volumes(self, X, reset=reset)
+
+    @staticmethod
+    def _scale(X, normalize):
+        if normalize != "percentile":
+            return X
+        scaler = PercentileScaling()
+        return np.stack([scaler.apply(v)[0] for v in X])
+
+    def _check_masks(self, masks, X, n_classes=None):
+        if masks is None:
+            raise ValueError(
+                "ContrastiveSegmenter requires y: label masks of shape (n, D, H, W) "
+                "matching the volumes."
+            )
+        m = np.asarray(masks)
+        if m.ndim == 5 and m.shape[1] == 1:
+            m = m[:, 0]
+        expected = (X.shape[0], *X.shape[2:])
+        if m.shape != expected:
+            raise ValueError(
+                f"masks must have shape (n, D, H, W) = {expected}, matching the "
+                f"volumes of shape {X.shape}; got masks of shape {np.shape(masks)}."
+            )
+        if m.dtype.kind not in "biuf":
+            raise ValueError(f"masks must hold integer labels; got dtype {m.dtype}.")
+        if m.dtype.kind == "f":
+            if not np.isfinite(m).all() or not np.array_equal(m, np.round(m)):
+                raise ValueError("masks must hold integer labels 0, 1, ...")
+        m = m.astype(np.int64)
+        if m.size and m.min() < 0:
+            raise ValueError(f"masks must hold labels >= 0; got {m.min()}.")
+        if n_classes is not None and m.size and m.max() >= n_classes:
+            raise ValueError(
+                f"masks hold label {m.max()} but n_classes={n_classes} allows "
+                f"labels 0..{n_classes - 1}."
+            )
+        return m
+
+    def _items(self, X, masks=None):
+        """Network items: slices (2-D) or volumes with the slice axis first."""
+        geo = self.geometry_
+        axis = geo["slice_axis"]
+        if geo["dims"] == 2:
+            x = np.moveaxis(X, 2 + axis, 1)  # (n, D', C, h, w)
+            x = np.ascontiguousarray(x.reshape(-1, *x.shape[2:]))
+            if masks is not None:
+                y = np.moveaxis(masks, 1 + axis, 1)
+                masks = np.ascontiguousarray(y.reshape(-1, *y.shape[2:]))
+        else:
+            x = np.ascontiguousarray(np.moveaxis(X, 2 + axis, 2))
+            if masks is not None:
+                masks = np.ascontiguousarray(np.moveaxis(masks, 1 + axis, 1))
+        return x, masks
+
+    def _resize(self, x, size, mode):
+        if tuple(x.shape[2:]) == tuple(size):
+            return x
+        if mode == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        if x.ndim == 4:
+            return F.interpolate(
+                x,
+                size=size,
+                mode="bilinear",
+                align_corners=False,
+                antialias=min(x.shape[2:]) > min(size),
+            )
+        return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+    def _prepare(self, x):
+        x = self._to_device(x).float()
+        return self._resize(x, self.geometry_["input_size"], "linear")
+
+    # ------------------------------------------------------- components
+
+    def get_default_callbacks(self):
+        return [
+            *super().get_default_callbacks(),
+            ("stop_on_nonfinite_loss", StopOnNonFiniteLoss()),
+        ]
+
+    def initialize(self):
+        super().initialize()
+        self.__dict__.pop("_compiled_module", None)
+        return self
+
+    def initialize_module(self):
+        if not hasattr(self, "geometry_"):
+            raise AttributeError(
+                f"{type(self).__name__} builds its network from the data: call "
+                "fit(X, masks) instead of initialize()."
+            )
+        geo = self.geometry_
+        kwargs = {
+            "dims": geo["dims"],
+            "in_channels": self.input_shape_[0],
+            "channels": geo["channels"],
+            "n_classes": self.n_classes_,
+        }
+        kwargs.update(self.get_params_for("module"))
+        module = self.initialized_instance(self.module, kwargs)
+        source = self._source()
+        self.n_pretrained_blocks_ = 0
+        if source is not None:
+            src = source._bare_module().unet
+            module.encoder.load_state_dict(src.encoder.state_dict())
+            if "local" in getattr(source, "stages_", ()):
+                n = source.n_decoder_blocks
+                for block, trained in zip(
+                    module.decoder_blocks[:n], src.decoder_blocks
+                ):
+                    block.load_state_dict(trained.state_dict())
+                self.n_pretrained_blocks_ = n
+        fmt = self._memory_format(geo["dims"] + 2)
+        if fmt is not torch.contiguous_format:
+            module = module.to(memory_format=fmt)
+        self.module_ = module
+        return self
+
+    def initialize_criterion(self):
+        kwargs = {
+            "dice_weight": self.dice_weight,
+            "ce_weight": self.ce_weight,
+            "include_background": self.include_background,
+        }
+        kwargs.update(self.get_params_for("criterion"))
+        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
+        return self
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix == "optimizer":
+            kwargs.setdefault("weight_decay", self.weight_decay)
+        return args, kwargs
+
+    # -------------------------------------------------------- the step
+
+    def infer(self, x, **fit_params):
+        x = self._prepare(x)
+        with self._autocast():
+            logits = self._net()(self._as_input(x), **fit_params)
+        return logits.float()
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        y = to_tensor(y_true, device=y_pred.device)
+        y = self._resize(y[:, None].float(), y_pred.shape[2:], "nearest")
+        return self.criterion_(y_pred, y[:, 0].long())
+
+    def evaluation_step(self, batch, training=False):
+        self.check_is_fitted()
+        Xi, _ = unpack_data(batch)
+        with torch.set_grad_enabled(training):
+            self._set_training(training)
+            size = tuple(Xi.shape[2:])
+            x = self._as_input(self._prepare(Xi))
+            with self._autocast():
+                logits = self.module_(x).float()
+            return self._resize(logits, size, "linear").softmax(dim=1)
+
+    # ------------------------------------------------------ public API
+
+    def _fit(self, X, masks, fit_params, *, partial):
+        self._check_params()
+        reset = not (partial or self.warm_start) or not getattr(
+            self, "initialized_", False
+        )
+        source = self._source() if reset else None
+        X = self._volumes(X, reset=reset)
+        if reset:
+            masks = self._check_masks(masks, X, self.n_classes)
+            if source is not None and source.input_shape_[0] != X.shape[1]:
+                raise ValueError(
+                    f"X has {X.shape[1]} channel(s) but the pretrained network "
+                    f"was trained on {source.input_shape_[0]}."
+                )
+            self.geometry_ = self._geometry(source, X.shape[1:])
+            n_classes = self.n_classes
+            if n_classes is None:
+                n_classes = max(2, int(masks.max()) + 1 if masks.size else 2)
+            self.n_classes_ = int(n_classes)
+            self.classes_ = np.arange(self.n_classes_)
+            rng = check_random_state(self.random_state)
+            self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+        else:
+            masks = self._check_masks(masks, X, self.n_classes_)
+        X = self._scale(X, self.geometry_["normalize"])
+        items, targets = self._items(X, masks)
+        offset = 0 if reset else len(self.history)
+        with self._on_device() as device, self._seeded(offset):
+            self.device_ = device
+            if reset:
+                self.__dict__["_source_cache"] = source
+                try:
+                    self.initialize()
+                finally:
+                    self.__dict__.pop("_source_cache", None)
+            NeuralNet.partial_fit(self, Dataset(items, targets), None, **fit_params)
+        return self
+
+    def fit(self, X, y=None, **fit_params):
+        """Fine-tune (or train from scratch) on labelled volumes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W)
+            Labelled volumes.
+        y : array-like of int, shape (n, D, H, W)
+            Label masks, same spatial shape as the volumes (0 = background).
+        **fit_params : dict
+            Passed to the network's forward call.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit(X, y, fit_params, partial=False)
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """Train ``max_epochs`` more epochs (initialise if needed).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W)
+        y : array-like of int, shape (n, D, H, W)
+        classes : None
+            Ignored.
+        **fit_params : dict
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit(X, y, fit_params, partial=True)
+
+    def predict_proba(self, X):
+        """Class probabilities of every voxel.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W)
+
+        Returns
+        -------
+        ndarray of float32, shape (n, n_classes_, D, H, W)
+        """
+        self.check_is_fitted()
+        X = self._volumes(X, reset=False)
+        X = self._scale(X, self.geometry_["normalize"])
+        items, _ = self._items(X)
+        with self._on_device():
+            probs = np.concatenate(
+                [
+                    p.numpy()
+                    for p in self.forward_iter(
+                        Dataset(items, None), training=False, device="cpu"
+                    )
+                ]
+            ).astype(np.float32, copy=False)
+        axis = self.geometry_["slice_axis"]
+        n = X.shape[0]
+        if self.geometry_["dims"] == 2:
+            probs = probs.reshape(n, -1, *probs.shape[1:])  # (n, D', K, h, w)
+            probs = np.moveaxis(probs, 2, 1)  # (n, K, D', h, w)
+        return np.ascontiguousarray(np.moveaxis(probs, 2, 2 + axis))
+
+    def predict(self, X):
+        """Label volumes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W)
+
+        Returns
+        -------
+        ndarray of int64, shape (n, D, H, W)
+        """
+        return self.predict_proba(X).argmax(axis=1).astype(np.int64)
+
+    def score(self, X, y, sample_weight=None):
+        """Mean Dice of the foreground classes.
+
+        The Dice of every foreground class (labels 1..) in every volume (see
+        :func:`dice_scores`; a class absent from both prediction and truth
+        scores 1), averaged over classes and volumes (weighted by
+        ``sample_weight`` per volume).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, D, H, W) or (n, C, D, H, W)
+        y : array-like of int, shape (n, D, H, W)
+            True masks.
+        sample_weight : array-like of shape (n,), default=None
+
+        Returns
+        -------
+        float
+        """
+        self.check_is_fitted()
+        Xv = self._volumes(X, reset=False)
+        masks = self._check_masks(y, Xv, self.n_classes_)
+        scores = dice_scores(masks, self.predict(X), self.n_classes_)
+        per_volume = scores.mean(axis=1)
+        return float(np.average(per_volume, weights=sample_weight))

@@ -1,0 +1,439 @@
+"""Saved encoders (save_pretrained / load_pretrained), plain state dicts with
+key maps (the official y-Aware layout), and atomic, resumable checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback, LRScheduler
+from torch import nn
+
+from sklearn_cl3d import (
+    FineTunedClassifier,
+    SimCLRPretrainer,
+    WSPPretrainer,
+    YAwarePretrainer,
+    load_pretrained,
+    load_state_dict,
+    save_pretrained,
+)
+from sklearn_cl3d._persistence import CONFIG_NAME, WEIGHTS_NAME, yaware_key_map
+from sklearn_cl3d.callbacks import AtomicCheckpoint
+from sklearn_cl3d.data import CropOrPad
+from sklearn_cl3d.nn import DenseNet3D, SmallCNN3D
+
+SMALL3D = dict(
+    backbone="small3d",
+    backbone__channels=(4, 8),
+    hidden_dim=8,
+    projection_dim=4,
+    batch_size=8,
+    max_epochs=1,
+    random_state=0,
+)
+TINY_DENSENET = dict(
+    backbone="densenet",
+    backbone__growth_rate=4,
+    backbone__block_config=(1, 1),
+    backbone__num_init_features=8,
+    backbone__bn_size=2,
+    hidden_dim=8,
+    projection_dim=4,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 1, 10, 10, 10)).astype(np.float32)
+    age = rng.uniform(20, 80, size=16)
+    return X, age
+
+
+def _state(module):
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+class MyEncoder(nn.Module):
+    """A user backbone outside the trusted packages."""
+
+    def __init__(self, in_channels=1, width=4):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, width, 3)
+        self.out_features = width
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3, 4))
+
+
+# ------------------------------------------------------ saved encoders
+
+
+def test_round_trip_restores_weights_params_and_transform(tmp_path, data):
+    X, age = data
+    ssl = YAwarePretrainer(
+        **SMALL3D,
+        callbacks=[("cp", AtomicCheckpoint(dirname=str(tmp_path / "cp")))],
+        sigma=3.0,
+        feature_layer="hidden",
+        preprocessing=[CropOrPad((8,) * 3)],
+    ).fit(X, age)
+    path = ssl.save_pretrained(tmp_path / "enc")
+    assert sorted(os.listdir(path)) == [CONFIG_NAME, WEIGHTS_NAME]
+    config = json.loads((path / CONFIG_NAME).read_text())
+    assert config["class"] == "sklearn_cl3d:YAwarePretrainer"
+    assert config["params"]["sigma"] == 3.0
+    assert config["params"]["optimizer"] == {"__import__": "torch.optim:Adam"}
+    assert "callbacks" not in config["params"]  # training-session objects
+
+    again = YAwarePretrainer.load_pretrained(path)
+    _assert_same(_state(again.module_), _state(ssl.module_))
+    np.testing.assert_array_equal(again.transform(X), ssl.transform(X))
+    params, loaded = ssl.get_params(deep=False), again.get_params(deep=False)
+    assert loaded.keys() == params.keys()
+    for key in ("sigma", "backbone__channels", "feature_layer", "optimizer", "lr"):
+        assert loaded[key] == params[key]
+    assert isinstance(loaded["preprocessing"][0], CropOrPad)
+    assert loaded["preprocessing"][0].shape == (8, 8, 8)
+    assert again.input_shape_ == ssl.input_shape_
+    # training goes on from the loaded weights
+    again.set_params(max_epochs=1).partial_fit(X, age)
+    assert len(again.history) == 1
+    # overrides
+    assert load_pretrained(path, feature_layer="backbone").transform(X).shape == (
+        16,
+        8,
+    )
+
+
+def test_wrong_class_unfitted_and_not_a_directory(tmp_path, data):
+    X, _ = data
+    simclr = SimCLRPretrainer(**SMALL3D).fit(X)
+    path = save_pretrained(simclr, tmp_path / "simclr")
+    with pytest.raises(ValueError, match="holds a SimCLRPretrainer"):
+        YAwarePretrainer.load_pretrained(path)
+    assert isinstance(load_pretrained(path), SimCLRPretrainer)
+    with pytest.raises(ValueError, match="not fitted"):
+        SimCLRPretrainer().save_pretrained(tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_pretrained(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="not a directory"):
+        simclr.save_pretrained(tmp_path / "file")
+
+
+def test_wsp_round_trip_keeps_slice_attributes(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 12, 12, 10)).astype(np.float32)
+    wsp = WSPPretrainer(
+        backbone="resnet18",
+        slice_size=16,
+        hidden_dim=8,
+        projection_dim=4,
+        max_epochs=1,
+        batch_size=4,
+        random_state=0,
+    ).fit(X, ["a", "b"] * 4)
+    again = load_pretrained(wsp.save_pretrained(tmp_path / "wsp"))
+    assert list(again.weak_classes_) == ["a", "b"]
+    np.testing.assert_array_equal(again.slice_positions_, wsp.slice_positions_)
+    np.testing.assert_array_equal(again.transform(X), wsp.transform(X))
+
+
+def test_non_json_parameters(tmp_path, data):
+    X, age = data
+    # a lambda cannot be stored: clear error naming the parameter
+    ssl = YAwarePretrainer(**SMALL3D, kernel=lambda a, b, sigma: a @ b.T).fit(X, age)
+    with pytest.raises(ValueError, match="kernel: .*not importable"):
+        ssl.save_pretrained(tmp_path / "a")
+    path = ssl.save_pretrained(tmp_path / "a", exclude=["kernel"])
+    assert load_pretrained(path).kernel == "rbf"  # the class default
+    # a module-level class is stored as its import path
+    rng = np.random.RandomState(0)
+    ssl = YAwarePretrainer(**{**SMALL3D, "backbone": SmallCNN3D, "random_state": rng})
+    with pytest.raises(ValueError, match="random_state"):
+        ssl.fit(X, age).save_pretrained(tmp_path / "b")
+    path = ssl.save_pretrained(tmp_path / "b", exclude=("random_state",))
+    assert load_pretrained(path).backbone is SmallCNN3D
+
+
+def test_untrusted_imports_need_an_override_or_trust(tmp_path, data):
+    X, age = data
+    ssl = YAwarePretrainer(
+        backbone=MyEncoder,
+        backbone__width=3,
+        hidden_dim=4,
+        projection_dim=2,
+        max_epochs=1,
+        batch_size=8,
+        random_state=0,
+    ).fit(X, age)
+    path = ssl.save_pretrained(tmp_path / "mine")
+    with pytest.raises(ValueError, match="outside the trusted packages"):
+        load_pretrained(path)
+    for again in (
+        load_pretrained(path, backbone=MyEncoder),
+        load_pretrained(path, trust_imports=True),
+    ):
+        np.testing.assert_array_equal(again.transform(X), ssl.transform(X))
+
+
+def test_weights_are_loaded_with_weights_only(tmp_path, data, monkeypatch):
+    X, age = data
+    path = YAwarePretrainer(**SMALL3D).fit(X, age).save_pretrained(tmp_path / "e")
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_pretrained(path)
+    assert calls == [True]
+    monkeypatch.undo()
+    # a weights file with an arbitrary pickled object is refused
+    torch.save({"x": CropOrPad((2, 2, 2))}, path / WEIGHTS_NAME)
+    with pytest.raises(Exception, match="[Ww]eights only load failed"):
+        load_pretrained(path)
+
+
+# -------------------------------------------- plain state dicts and key maps
+
+
+class OfficialYAwareDenseNet(nn.Module):
+    """Official y-Aware encoder-mode layout: features + hidden_representation +
+    head_projection at the top level (sizes of our tiny DenseNet)."""
+
+    def __init__(self, mode="encoder", num_classes=2):
+        super().__init__()
+        dense = DenseNet3D(
+            growth_rate=4,
+            block_config=(1, 1),
+            num_init_features=8,
+            bn_size=2,
+            final_norm=mode == "classifier",
+        )
+        self.features = dense.features
+        if mode == "encoder":
+            self.hidden_representation = nn.Linear(dense.out_features, 8)
+            self.head_projection = nn.Linear(8, 4)
+        else:
+            self.classifier = nn.Linear(dense.out_features, num_classes)
+
+
+def _official_checkpoint(path, mode="encoder"):
+    torch.manual_seed(1)
+    net = nn.DataParallel(OfficialYAwareDenseNet(mode))  # keys "module.*"
+    for p in net.parameters():
+        p.data.normal_()
+    optimizer = torch.optim.Adam(net.parameters())
+    torch.save(
+        {"epoch": 99, "model": net.state_dict(), "optimizer": optimizer.state_dict()},
+        path,
+    )
+    return net.module
+
+
+def test_official_yaware_checkpoint_loads_into_an_unfitted_pretrainer(tmp_path, data):
+    X, _ = data
+    official = _official_checkpoint(tmp_path / "official.pth")
+    assert yaware_key_map("module.features.conv0.weight") == (
+        "backbone.features.conv0.weight"
+    )
+    ssl = YAwarePretrainer(**TINY_DENSENET)
+    result = load_state_dict(
+        ssl, tmp_path / "official.pth", key_map="yaware", input_shape=(1, 10, 10, 10)
+    )
+    assert not result.missing_keys and not result.unexpected_keys
+    ours = ssl.module_
+    torch.testing.assert_close(
+        ours.backbone.features.conv0.weight, official.features.conv0.weight
+    )
+    torch.testing.assert_close(
+        ours.head.head_projection.bias, official.head_projection.bias
+    )
+    assert ssl.transform(X).shape == (16, official.hidden_representation.in_features)
+    # without the key map nothing matches: a clear error, even non-strict
+    with pytest.raises(ValueError, match="key_map='yaware'"):
+        load_state_dict(ssl, tmp_path / "official.pth", strict=False)
+
+
+def test_official_classifier_checkpoint_into_fine_tuning_network(tmp_path, data):
+    X, _ = data
+    y = np.array([0, 1] * 8)
+    official = _official_checkpoint(tmp_path / "clf.pth", mode="classifier")
+    clf = FineTunedClassifier(
+        **{k: v for k, v in TINY_DENSENET.items() if "_dim" not in k},
+        max_epochs=0,
+        random_state=0,
+    ).fit(X, y)
+    load_state_dict(clf, tmp_path / "clf.pth", key_map="yaware")
+    torch.testing.assert_close(clf.module_.head.weight, official.classifier.weight)
+    torch.testing.assert_close(
+        clf.module_.backbone.features.norm5.weight, official.features.norm5.weight
+    )
+
+
+def test_key_maps_dict_callable_and_errors(data):
+    X, age = data
+    src = YAwarePretrainer(**SMALL3D).fit(X, age)
+    dst = YAwarePretrainer(**{**SMALL3D, "random_state": 1}).fit(X, age)
+    sd = {"enc." + k: v for k, v in src.module_.backbone.state_dict().items()}
+    sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="unexpected 1"):
+        load_state_dict(dst.module_.backbone, sd, key_map={"enc.": ""})
+    result = load_state_dict(
+        dst.module_.backbone, sd, key_map={"enc.": "", "extra.": None}
+    )
+    assert not result.missing_keys
+    _assert_same(_state(dst.module_.backbone), _state(src.module_.backbone))
+    # a callable, non-strict, loading the backbone into the whole network
+    result = load_state_dict(
+        dst,
+        {"m." + k: v for k, v in src.module_.backbone.state_dict().items()},
+        key_map=lambda k: "backbone." + k[2:],
+        strict=False,
+    )
+    assert result.missing_keys and all(
+        k.startswith("head.") for k in result.missing_keys
+    )
+    bad = {k: v[:1] for k, v in src.module_.state_dict().items() if v.ndim}
+    with pytest.raises(ValueError, match="Shapes differ"):
+        load_state_dict(dst, bad, strict=False)
+
+
+# ------------------------------------------------------ atomic checkpoints
+
+
+class Snapshot(Callback):
+    """Record the network's state when training starts."""
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.state_ = _state(net.module_)
+
+
+TABULAR = dict(backbone="mlp", backbone__hidden_dims=(8,), batch_size=8, random_state=0)
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    X = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    cp = AtomicCheckpoint(dirname=str(tmp_path))
+    net = SimCLRPretrainer(**TABULAR, max_epochs=1, callbacks=[("cp", cp)]).fit(X)
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["criterion.pt", "history.json", "optimizer.pt", "params.pt"]
+    before = {f: (tmp_path / f).read_bytes() for f in files}
+    real_save = torch.save
+
+    def crash(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # a complete temporary file...
+        with open(f, "ab") as fh:  # ...then garbage, then the crash
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.warns(RuntimeWarning, match="disk full"):
+        net.partial_fit(X)  # another epoch: its checkpoint fails
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == files  # no temporary file left over
+    assert {f: (tmp_path / f).read_bytes() for f in files} == before
+    torch.load(tmp_path / "params.pt", weights_only=True)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from sklearn_cl3d import SimCLRPretrainer
+    from sklearn_cl3d.callbacks import AtomicCheckpoint
+
+    X = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    cp = AtomicCheckpoint(dirname=sys.argv[1])
+    SimCLRPretrainer(backbone="mlp", backbone__hidden_dims=(8,), batch_size=8,
+                     random_state=0, max_epochs=100000,
+                     callbacks=[("cp", cp)]).fit(X)
+    """
+)
+
+
+def test_resume_after_sigkill(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "child.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(ckpt)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "history.json").exists():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let it write a few more (and be killed mid-way)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    history = json.loads((ckpt / "history.json").read_text())
+    saved = torch.load(ckpt / "params.pt", weights_only=True)
+    k = len(history)
+    assert k >= 1
+
+    X = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    cp = AtomicCheckpoint(dirname=str(ckpt), resume=True)
+    net = SimCLRPretrainer(
+        **TABULAR, max_epochs=k + 2, callbacks=[("cp", cp), ("snap", Snapshot())]
+    ).fit(X)
+    _assert_same(dict(net.callbacks_)["snap"].state_, saved)
+    assert cp.resumed_from_ == k
+    assert net.history[:, "epoch"] == list(range(1, k + 3))
+    assert net.history[:k, "train_loss"] == [row["train_loss"] for row in history]
+    assert len(net.history) == k + 2
+    # the checkpoint now holds the resumed run's last epoch
+    _assert_same(torch.load(ckpt / "params.pt", weights_only=True), _state(net.module_))
+
+
+def test_resume_continues_the_lr_schedule(tmp_path):
+    X = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+
+    def make(epochs, resume):
+        return SimCLRPretrainer(
+            **TABULAR,
+            lr=1.0,
+            max_epochs=epochs,
+            callbacks=[
+                ("lr", LRScheduler("StepLR", step_size=1, gamma=0.5)),
+                ("cp", AtomicCheckpoint(dirname=str(tmp_path), resume=resume)),
+            ],
+        )
+
+    full = make(4, False).fit(X).history[:, "event_lr"]
+    for f in os.listdir(tmp_path):
+        os.remove(tmp_path / f)
+    make(2, False).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. no scheduler-order warning
+        resumed = make(4, True).fit(X)
+    assert resumed.history[:, "event_lr"] == full
+    # a finished run resumes to nothing
+    done = make(4, True).fit(X)
+    assert len(done.history) == 4
