@@ -539,3 +539,18 @@ def test_bad_inputs_at_transform_and_with_affines(fitted):
         enc.transform(X, affines=[np.eye(4)])
     with pytest.raises(ValueError, match="atlas_mask= .* or landmarks="):
         DrasCLREncoder(**{**TINY, "landmarks": None}).fit(X, affines=[np.eye(4)] * 4)
+
+
+def test_conditioning_false_gives_location_independent_gates():
+    X = _volumes(4)
+    enc = DrasCLREncoder(**{**TINY, "max_epochs": 2}, conditioning=False).fit(X)
+    routings = [
+        m.routing for m in enc.module_.modules()
+        if isinstance(getattr(m, "routing", None), torch.nn.Linear)
+    ]
+    assert routings and all((r.weight == 0).all() for r in routings)
+    on = DrasCLREncoder(**{**TINY, "max_epochs": 2}).fit(X)
+    assert any(
+        (m.routing.weight != 0).any() for m in on.module_.modules()
+        if isinstance(getattr(m, "routing", None), torch.nn.Linear)
+    )

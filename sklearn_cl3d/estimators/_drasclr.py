@@ -344,6 +344,11 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         Learning rate.
     weight_decay : float, default=1e-4
         Weight decay (all parameters).
+    conditioning : bool, default=True
+        Route the expert kernels by location (DrasCLR). False zeroes and
+        freezes every routing matrix, so the gates are constant: the same
+        network, parameter count and training, without anatomy
+        conditioning (the ablation baseline).
     lr_schedule : {"cosine"} or None, default="cosine"
         Per-epoch cosine annealing to 0 over ``max_epochs``.
     max_epochs : int, default=20
@@ -443,6 +448,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         "pooling": [StrOptions(set(POOLINGS))],
         "augmentation": [StrOptions({"drasclr", "none"}), callable, None],
         "lr_schedule": [StrOptions({"cosine"}), None],
+        "conditioning": ["boolean"],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
     }
 
@@ -469,6 +475,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         lr=0.01,
         weight_decay=1e-4,
         lr_schedule="cosine",
+        conditioning=True,
         max_epochs=20,
         batch_size=128,
         precision="fp32",
@@ -503,6 +510,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         self.hu_window = hu_window
         self.pooling = pooling
         self.lr_schedule = lr_schedule
+        self.conditioning = conditioning
 
     # ------------------------------------------------------------ hooks
 
@@ -599,6 +607,13 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         }
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
+        if not self.conditioning:
+            for module in self.module_.modules():
+                routing = getattr(module, "routing", None)
+                if isinstance(routing, torch.nn.Linear):
+                    with torch.no_grad():
+                        routing.weight.zero_()
+                    routing.weight.requires_grad_(False)
         fmt = self._memory_format(5)
         if fmt is not torch.contiguous_format:
             self.module_ = self.module_.to(memory_format=fmt)
