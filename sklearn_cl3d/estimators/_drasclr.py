@@ -355,9 +355,9 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         Epochs (each visits every landmark of every subject once).
     precision : {"fp32", "auto", "bf16", "fp16"}, default="fp32"
         Autocast precision. Unlike the other pretrainers the default is fp32
-        (as the official code): in bfloat16 the 13 BatchNorm layers over
-        small location-major batches overflowed to NaN in our tests; fp16
-        (with loss scaling) trained fine.
+        (as the official code): bfloat16 training gave NaN losses in our
+        small-patch CPU tests (the deepest layers run 3x3x3 convolutions on
+        2^3 maps); fp16 (with loss scaling) trained fine.
     batch_size : int, default=128
         Subjects per batch, >= 2 (capped at the number of subjects); also the
         number of patches per forward in ``transform``.
