@@ -27,7 +27,7 @@ on the whole global batch.
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -196,15 +196,11 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------ accelerate
 
 
-@contextmanager
 def _autocast_off(device_type):
     try:
-        ctx = torch.autocast(device_type, enabled=False)
+        return torch.autocast(device_type, enabled=False)
     except RuntimeError:  # a device type without autocast support
-        yield
-        return
-    with ctx:
-        yield
+        return nullcontext()
 
 
 def _noop(*args, **kwargs):
@@ -292,8 +288,10 @@ def accelerated(cls):
     epoch over the processes (``batch_size`` is then per process), and the
     loss gathers embeddings and metadata from all processes
     (``gather_distributed=True``), so every process logs the same global
-    loss. Mixed precision is the accelerator's (``mixed_precision="bf16"``);
-    the loss still runs in float32.
+    loss. Mixed precision is the accelerator's (``mixed_precision="bf16"``;
+    the estimator's ``precision`` has no effect with ``device=None``); the
+    loss still runs in float32. Only the first process of each machine
+    prints the epoch table and progress bar (with ``verbose=1``).
 
     Such estimators cannot be pickled (the accelerator holds weak
     references): save them with ``save_params``/``load_params`` and do not

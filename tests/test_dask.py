@@ -7,6 +7,7 @@ themselves, and the Pipeline's cache directory is shared by the workers.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import joblib
@@ -19,7 +20,7 @@ from sklearn.pipeline import Pipeline
 
 from sklearn_cl3d import YAwarePretrainer
 
-pytest.importorskip("dask")
+dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 N_SUBJECTS = 12
@@ -27,15 +28,24 @@ N_SUBJECTS = 12
 
 @pytest.fixture(scope="module")
 def client():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. no dashboard without bokeh
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,  # torch's global RNG is per process: never threads
-            host="127.0.0.1",
-            dashboard_address=None,
-        )
+    # Dask's MALLOC_TRIM_THRESHOLD_=65536 slows torch's CPU training about
+    # twofold (benchmarks/README.md); the nanny also writes its worker
+    # variables into this process's os.environ, so restore it afterwards
+    saved = dict(os.environ)
+    unset = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    try:
+        with dask.config.set(unset), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. no dashboard without bokeh
+            cluster = distributed.LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,  # torch's RNG is per process: never threads
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -100,4 +110,22 @@ def test_cross_val_score_on_dask_equals_serial(client, cohort):
     serial = cross_val_score(_pipe(), paths, age, cv=3)
     with joblib.parallel_backend("dask"):
         scores = cross_val_score(_pipe(), paths, age, cv=3, n_jobs=-1)
+    np.testing.assert_allclose(scores, serial, rtol=1e-4, atol=1e-6)
+
+
+def test_cross_val_score_on_ray_equals_serial(cohort):
+    ray = pytest.importorskip(
+        "ray", reason="ray is not installed (pip install 'sklearn-cl3d[ray]')"
+    )
+    from ray.util.joblib import register_ray
+
+    paths, age = cohort
+    serial = cross_val_score(_pipe(), paths, age, cv=3)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        register_ray()
+        with joblib.parallel_backend("ray"):
+            scores = cross_val_score(_pipe(), paths, age, cv=3, n_jobs=-1)
+    finally:
+        ray.shutdown()
     np.testing.assert_allclose(scores, serial, rtol=1e-4, atol=1e-6)

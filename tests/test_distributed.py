@@ -80,6 +80,27 @@ def _check_gather_functions(me, world):
     assert flags.tolist() == [r == 0 for r in range(world) for _ in range(sizes[r])]
 
 
+def _check_get_loss(est, y_full, me, world):
+    """est.get_loss on this rank's rows == the criterion on all rows."""
+    n = len(y_full) // world
+    rows = slice(me * n, (me + 1) * n)
+    gen = torch.Generator().manual_seed(0)
+    z1_full, z2_full = torch.randn(2, len(y_full), 5, generator=gen).unbind(0)
+    z1 = z1_full[rows].clone().requires_grad_(True)
+    z2 = z2_full[rows].clone().requires_grad_(True)
+    loss = est.get_loss((z1, z2), y_full[rows], training=True)
+    loss.backward()
+
+    est.gather_distributed = False  # the single-process loss on all rows
+    Z1, Z2 = z1_full.clone().requires_grad_(True), z2_full.clone().requires_grad_(True)
+    ref = est.get_loss((Z1, Z2), y_full, training=True)
+    ref.backward()
+    est.gather_distributed = True
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(z1.grad, world * Z1.grad[rows])
+    torch.testing.assert_close(z2.grad, world * Z2.grad[rows])
+
+
 def _worker(me, world, port, outdir):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -101,6 +122,17 @@ def _worker(me, world, port, outdir):
     try:
         assert is_distributed() and world_size() == world and rank() == me
         _check_gather_functions(me, world)
+
+        # get_loss gathers embeddings and metadata: y-Aware (ages) and WSP
+        # (labels in column 0, positions after)
+        y_age = torch.linspace(20, 80, 8)
+        est = YAwarePretrainer(device="cpu")
+        est._initialize_criterion()
+        _check_get_loss(est, y_age, me, world)
+        y_wsp = torch.stack([torch.arange(8) % 3, torch.linspace(0, 1, 8)], 1)
+        est = WSPPretrainer(device="cpu")
+        est._initialize_criterion()
+        _check_get_loss(est, y_wsp.float(), me, world)
 
         # sync_batchnorm converts the BatchNorm layers only in a process group
         for flag in (True, False):

@@ -39,7 +39,16 @@ LUNG_THRESHOLD_HU = -400.0
 _REP_DIM = 128
 
 # base-class parameters that have no meaning here (fixed network, own views)
-_UNUSED_BASE_PARAMS = ("backbone", "hidden_dim", "feature_layer", "normalize", "cache")
+_UNUSED_BASE_PARAMS = (
+    "backbone",
+    "hidden_dim",
+    "feature_layer",
+    "normalize",
+    "cache",
+    # MoCo queues are per process: no cross-process gathering (yet)
+    "gather_distributed",
+    "sync_batchnorm",
+)
 
 
 # ------------------------------------------------------------- augmentation
