@@ -16,7 +16,8 @@ from skorch.callbacks import Callback
 
 from sklearn_cl3d import ContrastiveSegmenter, GlobalLocalPretrainer
 from sklearn_cl3d.estimators._globallocal import PercentileScaling
-from sklearn_cl3d.estimators._segmenter import DiceCELoss, dice_scores
+from sklearn_cl3d.losses import DiceCELoss
+from sklearn_cl3d.metrics import dice_scores
 
 # 4 encoder levels (sizes must be multiples of 8), decoder block 1 -> 8x8 maps
 TINY = dict(
@@ -539,3 +540,16 @@ def test_segmenter_bad_input(fitted, volumes, masks):
         ContrastiveSegmenter(fitted).fit(np.stack([volumes[:2]] * 2, 1), masks[:2])
     with pytest.raises(NotFittedError):
         seg.predict(volumes[:1])
+
+
+def test_segmenter_bn_momentum_parameter():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2, 32, 32, 8)).astype(np.float32)
+    masks = (X > 0.5).astype(np.int64)
+    seg = ContrastiveSegmenter(
+        None, n_classes=2, channels=(4, 8, 8), slice_size=32, max_epochs=1,
+        batch_size=8, bn_momentum=0.1, random_state=0, device="cpu",
+    ).fit(X, masks)
+    bns = [m for m in seg.module_.modules()
+           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(m.momentum == 0.1 for m in bns)

@@ -21,123 +21,16 @@ from sklearn.utils._param_validation import (
 from skorch import NeuralNet
 from skorch.dataset import Dataset, unpack_data
 from skorch.utils import to_tensor
-from torch import nn
 
 from ..callbacks import StopOnNonFiniteLoss
 from ..data import check_volumes
+from ..losses import DiceCELoss
+from ..metrics import dice_scores
 from ..nn import UNet
 from ._base import MEMORY_FORMATS, BaseContrastivePretrainer, resolve_device
 from ._globallocal import GlobalLocalPretrainer, PercentileScaling
 
-__all__ = ["ContrastiveSegmenter", "DiceCELoss", "dice_scores"]
-
-
-# -------------------------------------------------------------------- loss
-
-
-class DiceCELoss(nn.Module):
-    """Soft Dice loss plus cross-entropy on segmentation logits.
-
-    With ``p`` the softmax of the logits and ``g`` the one-hot target, the
-    Dice of class ``c`` is ``(2 sum(p_c g_c) + eps) / (sum(p_c) + sum(g_c) +
-    eps)``, the sums running over the whole batch; the loss is::
-
-        dice_weight * (1 - mean_c Dice_c) + ce_weight * cross_entropy
-
-    The official fine-tuning loss is the Dice term alone, background
-    included (``ce_weight=0``).
-
-    Parameters
-    ----------
-    dice_weight, ce_weight : float, default=1.0
-        Weights of the two terms (non-negative).
-    include_background : bool, default=True
-        Average the Dice over all classes (True) or over classes 1.. only.
-    eps : float, default=1e-5
-        Smoothing of the Dice ratio.
-
-    Examples
-    --------
-    >>> import torch
-    >>> target = torch.tensor([[[0, 1], [1, 0]]])
-    >>> logits = 20.0 * torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2)
-    >>> round(float(DiceCELoss()(logits.float(), target)), 4)
-    0.0
-    """
-
-    def __init__(
-        self, dice_weight=1.0, ce_weight=1.0, include_background=True, eps=1e-5
-    ):
-        super().__init__()
-        self.dice_weight = float(dice_weight)
-        self.ce_weight = float(ce_weight)
-        self.include_background = bool(include_background)
-        self.eps = float(eps)
-
-    def forward(self, logits, target):
-        """Loss of logits ``(N, K, *spatial)`` against labels ``(N, *spatial)``."""
-        logits = logits.float()
-        loss = logits.new_zeros(())
-        if self.dice_weight:
-            k = logits.shape[1]
-            prob = logits.softmax(dim=1)
-            onehot = F.one_hot(target, k).movedim(-1, 1).to(prob.dtype)
-            axes = (0, *range(2, logits.ndim))
-            inter = (prob * onehot).sum(axes)
-            denom = prob.sum(axes) + onehot.sum(axes)
-            dice = (2 * inter + self.eps) / (denom + self.eps)
-            if not self.include_background:
-                dice = dice[1:]
-            loss = loss + self.dice_weight * (1 - dice.mean())
-        if self.ce_weight:
-            loss = loss + self.ce_weight * F.cross_entropy(logits, target)
-        return loss
-
-    def extra_repr(self):
-        return (
-            f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}, "
-            f"include_background={self.include_background}"
-        )
-
-
-def dice_scores(y_true, y_pred, n_classes, *, include_background=False):
-    """Dice of every class in every label volume.
-
-    ``Dice = 2 |P & G| / (|P| + |G|)`` per volume and class; a class absent
-    from both the prediction and the truth of a volume scores 1.
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of int, shape (n, D, H, W)
-        True and predicted label volumes.
-    n_classes : int
-        Number of classes (labels ``0 .. n_classes - 1``).
-    include_background : bool, default=False
-        Include class 0.
-
-    Returns
-    -------
-    ndarray of shape (n, n_classes - 1) or (n, n_classes)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> t = np.array([[[[0, 1, 1, 2]]]])
-    >>> p = np.array([[[[0, 1, 2, 2]]]])
-    >>> dice_scores(t, p, 3).round(3).tolist()
-    [[0.667, 0.667]]
-    """
-    t = np.asarray(y_true).reshape(len(y_true), -1)
-    p = np.asarray(y_pred).reshape(len(y_pred), -1)
-    classes = range(0 if include_background else 1, n_classes)
-    out = np.empty((len(t), len(classes)))
-    for j, c in enumerate(classes):
-        tc, pc = t == c, p == c
-        inter = (tc & pc).sum(axis=1)
-        total = tc.sum(axis=1) + pc.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, j] = np.where(total > 0, 2 * inter / total, 1.0)
-    return out
+__all__ = ["ContrastiveSegmenter"]
 
 
 # --------------------------------------------------------------- estimator
@@ -157,8 +50,8 @@ class ContrastiveSegmenter(NeuralNet):
     Training is on few labelled volumes: in 2-D mode on every slice along
     the slice axis (each with its mask slice), in 3-D mode on whole volumes
     (slice axis first, depth resampled to ``volume_depth``), with
-    :class:`DiceCELoss`. Inputs are scaled per volume as in pretraining and
-    resized on the device to the network's size (masks with
+    :class:`~sklearn_cl3d.losses.DiceCELoss`. Inputs are scaled per volume
+    as in pretraining and resized on the device to the network's size (masks with
     nearest-neighbour); ``predict_proba`` resizes the softmax back to the
     volume's size, so ``predict`` returns label volumes shaped like X.
 
@@ -197,6 +90,11 @@ class ContrastiveSegmenter(NeuralNet):
         ``ce_weight=0``).
     include_background : bool, default=True
         Dice loss over all classes (official) or the foreground ones.
+    bn_momentum : float or None, default=None
+        BatchNorm momentum of the fine-tuned network (PyTorch convention).
+        None keeps the U-Net's 0.01 (the official TensorFlow decay 0.99),
+        whose running statistics lag behind after short fine-tuning and
+        make ``predict`` poor; 0.1 suits runs of a few hundred steps.
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=1e-3
         Learning rate (official).
@@ -228,7 +126,7 @@ class ContrastiveSegmenter(NeuralNet):
         The segmentation network.
     n_classes_ : int
         Number of classes.
-    classes_ : ndarray of shape (n_classes_,)
+    classes_ : ndarray of shape (n_classes,)
         The labels ``0 .. n_classes_ - 1``.
     n_pretrained_blocks_ : int
         Decoder blocks copied from ``pretrained`` (0: encoder only, or no
@@ -279,6 +177,7 @@ class ContrastiveSegmenter(NeuralNet):
         "dice_weight": [Interval(Real, 0, None, closed="left")],
         "ce_weight": [Interval(Real, 0, None, closed="left")],
         "include_background": ["boolean"],
+        "bn_momentum": [Interval(Real, 0, 1, closed="both"), None],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
@@ -305,6 +204,7 @@ class ContrastiveSegmenter(NeuralNet):
         dice_weight=1.0,
         ce_weight=1.0,
         include_background=True,
+        bn_momentum=None,
         optimizer=torch.optim.Adam,
         lr=1e-3,
         weight_decay=0.0,
@@ -343,6 +243,7 @@ class ContrastiveSegmenter(NeuralNet):
         self.normalize = normalize
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
+        self.bn_momentum = bn_momentum
         self.include_background = include_background
         self.weight_decay = weight_decay
         self.precision = precision
@@ -618,6 +519,10 @@ class ContrastiveSegmenter(NeuralNet):
                 ):
                     block.load_state_dict(trained.state_dict())
                 self.n_pretrained_blocks_ = n
+        if self.bn_momentum is not None:
+            for m in module.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.momentum = self.bn_momentum
         fmt = self._memory_format(geo["dims"] + 2)
         if fmt is not torch.contiguous_format:
             module = module.to(memory_format=fmt)

@@ -5,6 +5,7 @@ One kernel-weighted InfoNCE (:func:`kernel_infonce`) serves y-Aware
 them (:func:`wsp_infonce`); the kernels weight positives by metadata.
 """
 
+from ._dice import DiceCELoss
 from ._drasclr import DrasCLRLoss, drasclr_loss
 from ._globallocal import (
     GLOBAL_STRATEGIES,
@@ -35,6 +36,7 @@ from ._wsp import WSP_KERNELS, WSPLoss, wsp_infonce
 from ._yaware import YAwareLoss, yaware_infonce
 
 __all__ = [
+    "DiceCELoss",
     "DrasCLRLoss",
     "GLOBAL_STRATEGIES",
     "GlobalContrastiveLoss",
