@@ -3,7 +3,14 @@
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sklearn_cl3d import SimCLRPretrainer, WSPPretrainer, YAwarePretrainer
+from sklearn_cl3d import (
+    ContrastiveSegmenter,
+    DrasCLREncoder,
+    GlobalLocalPretrainer,
+    SimCLRPretrainer,
+    WSPPretrainer,
+    YAwarePretrainer,
+)
 
 SMALL = dict(
     backbone="mlp",
@@ -48,3 +55,16 @@ def test_default_constructible_with_paper_defaults(cls):
     assert params["lr"] == 1e-4 and params["weight_decay"] == 5e-5
     assert params["backbone"] == "densenet121" and params["augmentation"] == "cutout"
     assert params["temperature"] == 0.1 and params["device"] == "auto"
+
+
+# The volume-only estimators declare ``two_d_array=False`` (no tabular
+# configuration makes sense: a U-Net on slices, CondConv on 3-D patches), so
+# scikit-learn runs only the checks that need no 2-D data on them (cloning,
+# parameters, tags, pickling of the unfitted estimator); their fit/transform
+# behaviour is covered by tests/test_globallocal.py and tests/test_drasclr.py.
+@parametrize_with_checks(
+    [GlobalLocalPretrainer(), DrasCLREncoder(), ContrastiveSegmenter(n_classes=2)],
+    expected_failed_checks=_expected_failed_checks,
+)
+def test_volume_only_estimators_pass_the_applicable_checks(estimator, check):
+    check(estimator)
