@@ -5,7 +5,8 @@ built offline from the MNI152 templates: the diagnosis is *accelerated ageing*
 (brain age ahead of age), so age alone carries no diagnostic information while
 the images show brain age. Encoders are pretrained on an unlabelled part with
 age as the only metadata; a logistic regression on frozen features plus age is
-then cross-validated on labelled subsets of several sizes.
+then trained on labelled subsets of several sizes and scored on held-out
+subjects (:func:`sklearn_cl3d.evaluation.label_efficiency`).
 """
 
 from __future__ import annotations
@@ -59,19 +60,34 @@ class _EpochLog(Callback):
         )
 
 
+def _n_labelled(max_labels, test_size):
+    """Labelled subjects needed so that a training part holds ``max_labels``."""
+    n = int(np.ceil(max_labels / (1.0 - test_size)))
+    while n - int(np.ceil(test_size * n)) < max_labels:
+        n += 1
+    return n
+
+
 def run_demo(
     preset="cpu",
     n_unlabelled=None,
     label_counts=None,
     max_epochs=None,
     resolution=None,
-    n_splits=5,
+    n_repeats=5,
+    test_size=0.25,
     device="auto",
     random_state=0,
     out_dir="demo_output",
     log=print,
 ):
-    """Pretrain encoders, then cross-validate linear probes by number of labels.
+    """Pretrain encoders, then score linear probes by number of labels.
+
+    The probes are evaluated with
+    :func:`~sklearn_cl3d.evaluation.label_efficiency` (protocol
+    ``"linear_probe"``, age as a covariate): for each repeat, a stratified
+    split holds out ``test_size`` of the labelled subjects as the test set;
+    ``n`` subjects drawn (stratified) from the rest train the probe.
 
     Parameters
     ----------
@@ -82,13 +98,17 @@ def run_demo(
     n_unlabelled : int, default=None
         Subjects used for pretraining (age only).
     label_counts : tuple of int, default=None
-        Numbers of labelled subjects for the probe.
+        Numbers of labelled training subjects for the probe.
     max_epochs : int, default=None
         Pretraining epochs.
     resolution : {2, 4}, default=None
         Cohort voxel size in mm.
-    n_splits : int, default=5
-        Folds of the stratified CV of the probe.
+    n_repeats : int, default=5
+        Repeats (random stratified splits) of the probe evaluation.
+    test_size : float, default=0.25
+        Held-out fraction of the labelled subjects in every repeat; enough
+        labelled subjects are generated for the largest label count to fit
+        in the rest.
     device : str, default="auto"
         Torch device of the pretrainers.
     random_state : int, default=0
@@ -102,15 +122,12 @@ def run_demo(
     Returns
     -------
     list of dict
-        One row per (encoder, number of labels): mean and sd of the ROC-AUC.
+        One row per (encoder, number of labels): mean and sd of the test
+        ROC-AUC over the repeats.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from .datasets import make_brain_cohort
     from .estimators import SimCLRPretrainer, YAwarePretrainer
+    from .evaluation import _summary, label_efficiency
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {preset!r}.")
@@ -119,9 +136,11 @@ def run_demo(
     label_counts = tuple(cfg["label_counts"] if label_counts is None else label_counts)
     max_epochs = cfg["max_epochs"] if max_epochs is None else max_epochs
     resolution = cfg["resolution"] if resolution is None else resolution
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1); got {test_size!r}.")
 
     t0 = time.perf_counter()
-    n_labelled = max(label_counts)
+    n_labelled = _n_labelled(max(label_counts), test_size)
     n_total = n_unlabelled + n_labelled
     log(f"Generating the brain cohort: {n_total} subjects at {resolution} mm ...")
     cohort = make_brain_cohort(
@@ -138,41 +157,45 @@ def run_demo(
         "SimCLR": SimCLRPretrainer(max_epochs=max_epochs, **common),
         "random": SimCLRPretrainer(max_epochs=0, **common),
     }
-    features = {"age only": np.zeros((n_labelled, 0), dtype=np.float32)}
     for name, enc in encoders.items():
         t = time.perf_counter()
         log(f"Pretraining {name} on {n_unlabelled} unlabelled subjects ...")
         enc.set_params(callbacks=[("epoch_log", _EpochLog(name, log))])
         enc.fit(X_pre, age_pre)
-        features[name] = enc.transform(X_lab)
         log(f"  done in {time.perf_counter() - t:.0f} s")
 
-    rows = []
-    rng = np.random.default_rng(random_state)
-    order = rng.permutation(n_labelled)
-    for n in label_counts:
-        idx = order[:n]
-        cv = StratifiedKFold(n_splits, shuffle=True, random_state=random_state)
-        for name, F in features.items():
-            # the diagnosis is brain age relative to age: the probe gets both
-            inputs = np.hstack([F[idx], age_lab[idx, None]])
-            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-            auc = cross_val_score(probe, inputs, dx_lab[idx], cv=cv, scoring="roc_auc")
-            rows.append(
-                {
-                    "encoder": name,
-                    "n_labels": int(n),
-                    "auc_mean": float(auc.mean()),
-                    "auc_sd": float(auc.std()),
-                }
-            )
+    # the diagnosis is brain age relative to age: the probe gets both, and
+    # the method without an encoder ("age only") gets age alone
+    scores = label_efficiency(
+        {"age only": None, **encoders},
+        X_lab,
+        dx_lab,
+        label_counts,
+        protocols="linear_probe",
+        n_repeats=n_repeats,
+        test_size=test_size,
+        covariates=age_lab,
+        scoring="roc_auc",
+        random_state=random_state,
+    )
+    rows = [
+        {
+            "encoder": s["method"],
+            "n_labels": s["n_labels"],
+            "auc_mean": s["mean"],
+            "auc_sd": s["std"],
+        }
+        for s in _summary(scores)
+    ]
+    n_test = int(np.ceil(test_size * n_labelled))
 
     log(
-        "\nLogistic regression on [frozen features, age]: ROC-AUC, mean ± sd "
-        f"over {n_splits} folds, by number of labelled subjects"
+        "\nLogistic regression on [frozen features, age]: ROC-AUC on "
+        f"{n_test} held-out subjects, mean ± sd over {n_repeats} repeats, by "
+        "number of labelled training subjects"
     )
     log(f"{'encoder':<12}" + "".join(f"{n:>16}" for n in label_counts))
-    for name in features:
+    for name in dict.fromkeys(r["encoder"] for r in rows):
         cells = [
             f"{r['auc_mean']:.3f} ± {r['auc_sd']:.3f}"
             for r in rows
@@ -186,10 +209,13 @@ def run_demo(
         "config": {
             "preset": preset,
             "n_unlabelled": n_unlabelled,
+            "n_labelled": n_labelled,
             "label_counts": list(label_counts),
             "max_epochs": max_epochs,
             "resolution_mm": resolution,
-            "n_splits": n_splits,
+            "n_repeats": n_repeats,
+            "test_size": test_size,
+            "n_test": n_test,
             "random_state": random_state,
             "estimator": {
                 k: list(v) if isinstance(v, tuple) else v
@@ -197,19 +223,21 @@ def run_demo(
             },
             "data": "make_brain_cohort (synthetic, from the MNI152 templates)",
             "probe": "StandardScaler + LogisticRegression on [features, age]",
+            "evaluation": "sklearn_cl3d.evaluation.label_efficiency, linear probe",
         },
         "results": rows,
+        "scores": scores,
         "seconds": time.perf_counter() - t0,
     }
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(out / "results.json")
-    _plot(rows, label_counts, out / "auc_vs_labels.png", log)
+    _plot(scores, out / "auc_vs_labels.png", log)
     log(f"Wrote {out / 'results.json'}; {payload['seconds']:.0f} s in total.")
     return rows
 
 
-def _plot(rows, label_counts, path, log):
+def _plot(scores, path, log):
     try:
         import matplotlib
 
@@ -218,21 +246,11 @@ def _plot(rows, label_counts, path, log):
     except ImportError:
         log("(matplotlib is not installed: no plot)")
         return
+    from .evaluation import plot_label_efficiency
+
     fig, ax = plt.subplots(figsize=(6.2, 3.5))
-    for name in dict.fromkeys(r["encoder"] for r in rows):
-        sel = [r for r in rows if r["encoder"] == name]
-        ax.errorbar(
-            [r["n_labels"] for r in sel],
-            [r["auc_mean"] for r in sel],
-            yerr=[r["auc_sd"] for r in sel],
-            marker="o",
-            capsize=3,
-            label=name,
-        )
+    plot_label_efficiency(scores, ax=ax, ylabel="ROC-AUC (logistic probe)")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("labelled subjects")
-    ax.set_ylabel("ROC-AUC (logistic probe)")
-    ax.set_xticks(list(label_counts))
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
