@@ -654,7 +654,7 @@ class ContrastiveSegmenter(NeuralNet):
 
         Returns
         -------
-        ndarray of float32, shape (n, n_classes_, D, H, W)
+        ndarray of float32, shape (n, n_classes, D, H, W)
         """
         self.check_is_fitted()
         X = self._volumes(X, reset=False)
