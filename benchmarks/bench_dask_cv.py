@@ -48,37 +48,21 @@ import joblib
 import nibabel as nib
 import numpy as np
 import torch
+from _bench_common import (  # noqa: E402
+    cpu_model as _cpu_model,
+)
+from _bench_common import (
+    loadavg as _loadavg,
+)
+from _bench_common import (
+    usable_cores as _usable_cores,
+)
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import Pipeline
 
 import sklearn_cl3d
 from sklearn_cl3d import YAwarePretrainer
-
-
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _cohort(root, n, size, seed=0):

@@ -36,7 +36,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -44,6 +43,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _bench_common import (  # noqa: E402
+    cpu_model as _cpu_model,
+)
+from _bench_common import (
+    loadavg as _loadavg,
+)
+from _bench_common import (
+    peak_rss_bytes as _peak_rss_bytes,
+)
+from _bench_common import (
+    stats as _stats,
+)
+from _bench_common import (
+    usable_cores as _usable_cores,
+)
 from sklearn.base import clone
 from skorch.callbacks import Callback
 
@@ -63,55 +77,12 @@ SLICES_PER_PARTITION_2D = 8  # 2-D volumes have 4 x 8 = 32 slices
 
 
 # ---------------------------------------------------------------- helpers
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):  # pragma: no cover
-        return None
-
-
-def _peak_rss_bytes():
-    """High-water mark of the process's resident set size, in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def _current_rss_bytes():
     return None if psutil is None else int(psutil.Process().memory_info().rss)
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
-    return platform.processor() or None
-
-
 def _gib(n):
     return None if n is None else n / GIB
-
-
-def _stats(values):
-    if not values:
-        return None
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-    }
 
 
 def _sync_fn(device):

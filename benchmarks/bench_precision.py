@@ -48,6 +48,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _bench_common import (  # noqa: E402
+    cpu_model as _cpu_model,
+)
+from _bench_common import (
+    loadavg as _loadavg,
+)
+from _bench_common import (
+    usable_cores as _usable_cores,
+)
 from skorch.callbacks import Callback
 
 import sklearn_cl3d
@@ -58,20 +67,6 @@ BATCH = 8
 
 
 # ---------------------------------------------------------------- helpers
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def _peak_rss_gib():
     """Peak RSS of this process's address space, in GiB.
 
@@ -87,17 +82,6 @@ def _peak_rss_gib():
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (peak if sys.platform == "darwin" else peak * 1024) / GIB
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _stats(values):

@@ -45,7 +45,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -56,6 +55,27 @@ import scipy
 import sklearn
 import torch
 import torch.nn.functional as F
+from _bench_common import (  # noqa: E402
+    cpu_model as _cpu_model,
+)
+from _bench_common import (
+    current_rss_bytes as _current_rss_bytes,
+)
+from _bench_common import (
+    gib as _gib,
+)
+from _bench_common import (
+    loadavg as _loadavg,
+)
+from _bench_common import (
+    peak_rss_bytes as _peak_rss_bytes,
+)
+from _bench_common import (
+    stats as _stats,
+)
+from _bench_common import (
+    usable_cores as _usable_cores,
+)
 from sklearn.metrics.pairwise import rbf_kernel
 from skorch.callbacks import Callback
 
@@ -105,61 +125,6 @@ REFERENCE = {
 
 
 # ---------------------------------------------------------------- helpers
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _loadavg():
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _peak_rss_bytes():
-    """High-water mark of this process's resident set size, in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # kilobytes on Linux, bytes on macOS
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def _current_rss_bytes():
-    if psutil is None:
-        return None
-    return int(psutil.Process().memory_info().rss)
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _stats(values):
-    """Summary statistics of a list of seconds."""
-    if not values:
-        return None
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def _gib(n_bytes):
-    return None if n_bytes is None else n_bytes / GIB
-
-
 def _mib(n_bytes):
     return None if n_bytes is None else n_bytes / MIB
 

@@ -1,0 +1,82 @@
+"""Helpers shared by the benchmark scripts: machine description, memory and
+timing statistics. Imported as ``from _bench_common import ...`` (the scripts
+run from this folder)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+
+import torch
+
+try:  # optional, for current RSS
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
+
+GIB = 1024**3
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def peak_rss_bytes():
+    """High-water mark of this process's resident set size, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # kilobytes on Linux, bytes on macOS
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def current_rss_bytes():
+    if psutil is None:
+        return None
+    return int(psutil.Process().memory_info().rss)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def stats(values):
+    """Summary statistics of a list of seconds."""
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def gib(n_bytes):
+    return None if n_bytes is None else n_bytes / GIB
+
+
+def synchronizer(device):
+    if torch.device(device).type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
