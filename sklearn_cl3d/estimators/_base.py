@@ -19,7 +19,6 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
     StrOptions,
-    validate_parameter_constraints,
 )
 from sklearn.utils.metaestimators import available_if
 from skorch import NeuralNet
@@ -38,6 +37,7 @@ from ..data import (
     is_volume_collection,
 )
 from ..nn import BACKBONES, ContrastiveModel, ProjectionHead, build_backbone
+from ._skorch import SkorchEstimatorMixin
 
 __all__ = [
     "BaseContrastivePretrainer",
@@ -159,7 +159,10 @@ def _never(self):
 
 
 class BaseContrastivePretrainer(
-    ClassNamePrefixFeaturesOutMixin, TransformerMixin, NeuralNet
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    SkorchEstimatorMixin,
+    NeuralNet,
 ):
     """Base class of the contrastive pretrainers (not for direct use).
 
@@ -180,6 +183,8 @@ class BaseContrastivePretrainer(
     prefixes_ = [*NeuralNet.prefixes_, "backbone"]
 
     _metadata_required = False
+
+    _transient_attributes = ("_aug_generator", "_compiled_module", "_grad_scaler")
 
     _parameter_constraints = {
         "backbone": [StrOptions(set(BACKBONES)), callable, torch.nn.Module],
@@ -279,29 +284,12 @@ class BaseContrastivePretrainer(
 
     # ---------------------------------------------------- sklearn plumbing
 
-    def _get_param_names(self):
-        # skorch lists every non-underscore-suffixed __dict__ key; drop the
-        # private bookkeeping ones (e.g. _params_to_validate) so that
-        # set_params/clone only see real parameters.
-        return [k for k in super()._get_param_names() if not k.startswith("_")]
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         tags.target_tags.required = self._metadata_required
         tags.input_tags.allow_nan = False
         return tags
-
-    def _check_params(self):
-        params = {
-            key: getattr(self, key)
-            for key in self._parameter_constraints
-            if key in self.__dict__
-        }
-        validate_parameter_constraints(
-            self._parameter_constraints, params, caller_name=type(self).__name__
-        )
-        resolve_device(self.device)
 
     @property
     def _n_features_out(self):
@@ -342,23 +330,6 @@ class BaseContrastivePretrainer(
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield seed
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        for key in ("_aug_generator", "_compiled_module", "_grad_scaler"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        requested = state.get("device")
-        if requested == "auto":
-            state["device"] = resolve_device("auto")
-        # skorch maps CUDA tensors to the CPU when CUDA is missing here
-        super().__setstate__(state)
-        if "device_" in self.__dict__:
-            self.device_ = str(self.__dict__["device"])
-        if requested == "auto":
-            self.__dict__["device"] = "auto"
 
     # ------------------------------------------------------- components
 

@@ -10,14 +10,13 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import ClassifierMixin, RegressorMixin, clone
+from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 from sklearn.utils import check_array, check_random_state, column_or_1d
 from sklearn.utils._param_validation import (
     Interval,
     StrOptions,
-    validate_parameter_constraints,
 )
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
@@ -33,7 +32,8 @@ from ..callbacks import StopOnNonFiniteLoss
 from ..data import VolumeDataset, check_volumes
 from ..data._slices import SliceDataset
 from ..nn import BACKBONES, DenseNet3D, build_backbone
-from ._base import BaseContrastivePretrainer, resolve_device
+from ._base import BaseContrastivePretrainer
+from ._skorch import PretrainedByReferenceMixin, SkorchEstimatorMixin
 
 __all__ = [
     "FineTuneNetwork",
@@ -324,9 +324,13 @@ _COMMON_ATTRS = """
         The device training ran on."""
 
 
-class _BaseFineTuned(NeuralNet):
+class _BaseFineTuned(
+    PretrainedByReferenceMixin, SkorchEstimatorMixin, NeuralNet
+):
     """Shared plumbing of :class:`FineTunedClassifier` and
     :class:`FineTunedRegressor` (not for direct use)."""
+
+    _transient_attributes = ("_aug_generator", "_source_cache")
 
     prefixes_ = [*NeuralNet.prefixes_, "backbone"]
 
@@ -421,62 +425,11 @@ class _BaseFineTuned(NeuralNet):
 
     # ---------------------------------------------------- sklearn plumbing
 
-    def _get_param_names(self):
-        return [k for k in super()._get_param_names() if not k.startswith("_")]
-
-    def get_params(self, deep=True, **kwargs):
-        # the pretrained estimator is a weights source, not a sub-estimator:
-        # its parameters are not ours to search over or change
-        params = super().get_params(deep=deep, **kwargs)
-        return {k: v for k, v in params.items() if not k.startswith("pretrained__")}
-
-    def __sklearn_clone__(self):
-        # clone everything but ``pretrained``, which is passed by reference:
-        # sklearn's clone would return an *unfitted* copy of a pretrainer
-        params = self.get_params(deep=False)
-        new_params = {
-            k: v if k == "pretrained" else clone(v, safe=False)
-            for k, v in params.items()
-        }
-        new = type(self)(**new_params)
-        if hasattr(self, "_metadata_request"):
-            new._metadata_request = copy.deepcopy(self._metadata_request)
-        if hasattr(self, "_sklearn_output_config"):
-            new._sklearn_output_config = copy.deepcopy(self._sklearn_output_config)
-        return new
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         tags.target_tags.required = True
         return tags
-
-    def _check_params(self):
-        params = {
-            key: getattr(self, key)
-            for key in self._parameter_constraints
-            if key in self.__dict__
-        }
-        validate_parameter_constraints(
-            self._parameter_constraints, params, caller_name=type(self).__name__
-        )
-        resolve_device(self.device)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        for key in ("_aug_generator", "_source_cache"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        requested = state.get("device")
-        if requested == "auto":
-            state["device"] = resolve_device("auto")
-        super().__setstate__(state)
-        if "device_" in self.__dict__:
-            self.device_ = str(self.__dict__["device"])
-        if requested == "auto":
-            self.__dict__["device"] = "auto"
 
     # ------------------------------------------------------------ source
 

@@ -3,20 +3,17 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
     StrOptions,
-    validate_parameter_constraints,
 )
 from skorch import NeuralNet
 from skorch.dataset import Dataset, unpack_data
@@ -27,8 +24,9 @@ from ..data import check_volumes
 from ..losses import DiceCELoss
 from ..metrics import dice_scores
 from ..nn import UNet
-from ._base import MEMORY_FORMATS, BaseContrastivePretrainer, resolve_device
+from ._base import MEMORY_FORMATS, BaseContrastivePretrainer
 from ._globallocal import GlobalLocalPretrainer, PercentileScaling
+from ._skorch import PretrainedByReferenceMixin, SkorchEstimatorMixin
 
 __all__ = ["ContrastiveSegmenter"]
 
@@ -36,7 +34,9 @@ __all__ = ["ContrastiveSegmenter"]
 # --------------------------------------------------------------- estimator
 
 
-class ContrastiveSegmenter(NeuralNet):
+class ContrastiveSegmenter(
+    PretrainedByReferenceMixin, SkorchEstimatorMixin, NeuralNet
+):
     """Segmentation U-Net fine-tuned from global-local pretraining.
 
     The network is the U-Net of :class:`~sklearn_cl3d.GlobalLocalPretrainer`
@@ -166,6 +166,8 @@ class ContrastiveSegmenter(NeuralNet):
     True
     """
 
+    _transient_attributes = ("_compiled_module", "_source_cache")
+
     _parameter_constraints = {
         "n_classes": [Interval(Integral, 2, None, closed="left"), None],
         "dims": [Interval(Integral, 2, 3, closed="both")],
@@ -264,29 +266,6 @@ class ContrastiveSegmenter(NeuralNet):
 
     # ---------------------------------------------------- sklearn plumbing
 
-    def _get_param_names(self):
-        return [k for k in super()._get_param_names() if not k.startswith("_")]
-
-    def get_params(self, deep=True, **kwargs):
-        # the pretrainer is a weights source, not a sub-estimator to tune
-        params = super().get_params(deep=deep, **kwargs)
-        return {k: v for k, v in params.items() if not k.startswith("pretrained__")}
-
-    def __sklearn_clone__(self):
-        # sklearn's clone would give an *unfitted* copy of the pretrainer:
-        # keep the reference, clone the rest
-        params = self.get_params(deep=False)
-        new = type(self)(
-            **{
-                k: v if k == "pretrained" else clone(v, safe=False)
-                for k, v in params.items()
-            }
-        )
-        for key in ("_metadata_request", "_sklearn_output_config"):
-            if hasattr(self, key):
-                setattr(new, key, copy.deepcopy(getattr(self, key)))
-        return new
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
@@ -294,33 +273,6 @@ class ContrastiveSegmenter(NeuralNet):
         tags.input_tags.allow_nan = False
         tags.target_tags.required = True
         return tags
-
-    def _check_params(self):
-        params = {
-            key: getattr(self, key)
-            for key in self._parameter_constraints
-            if key in self.__dict__
-        }
-        validate_parameter_constraints(
-            self._parameter_constraints, params, caller_name=type(self).__name__
-        )
-        resolve_device(self.device)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        for key in ("_compiled_module", "_source_cache"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state):
-        requested = state.get("device")
-        if requested == "auto":
-            state["device"] = resolve_device("auto")
-        super().__setstate__(state)
-        if "device_" in self.__dict__:
-            self.device_ = str(self.__dict__["device"])
-        if requested == "auto":
-            self.__dict__["device"] = "auto"
 
     # ------------------------------------------------------------ source
 
