@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from numbers import Integral, Real
 
 import numpy as np
@@ -37,7 +37,7 @@ from ..data import (
     is_volume_collection,
 )
 from ..nn import BACKBONES, ContrastiveModel, ProjectionHead, build_backbone
-from ._skorch import SkorchEstimatorMixin
+from ._skorch import DevicePlumbingMixin, SkorchEstimatorMixin
 
 __all__ = [
     "BaseContrastivePretrainer",
@@ -161,6 +161,7 @@ def _never(self):
 class BaseContrastivePretrainer(
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
+    DevicePlumbingMixin,
     SkorchEstimatorMixin,
     NeuralNet,
 ):
@@ -303,34 +304,6 @@ class BaseContrastivePretrainer(
 
     # ----------------------------------------------------------- device
 
-    @contextmanager
-    def _on_device(self):
-        """Resolve ``device="auto"`` for the duration of a skorch call.
-
-        skorch reads ``self.device`` everywhere; the parameter itself keeps
-        the user's value so ``get_params``/``clone`` are unchanged.
-        """
-        requested = self.__dict__["device"]
-        resolved = resolve_device(requested)
-        self.__dict__["device"] = resolved
-        try:
-            yield resolved
-        finally:
-            self.__dict__["device"] = requested
-
-    @contextmanager
-    def _seeded(self, offset):
-        """Seed torch's global RNG from ``random_state`` inside a fork."""
-        seed = self._base_seed_ + int(offset)
-        device = self.__dict__["device"]
-        devices = []
-        if device is not None and torch.device(device).type == "cuda":
-            index = torch.device(device).index
-            devices = [torch.cuda.current_device() if index is None else index]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield seed
-
     # ------------------------------------------------------- components
 
     def get_default_callbacks(self):
@@ -409,30 +382,6 @@ class BaseContrastivePretrainer(
 
     # ------------------------------------------------ speed and precision
 
-    def _precision(self):
-        return resolve_precision(self.precision, self.device)
-
-    def _autocast(self):
-        """Autocast context of ``precision`` (disabled for fp32)."""
-        precision = self._precision()
-        if precision == "fp32" or self.device is None:
-            return nullcontext()
-        kind = torch.device(self.device).type
-        return torch.autocast(kind, dtype=_AUTOCAST_DTYPES[precision])
-
-    def _memory_format(self, ndim):
-        return resolve_memory_format(self.memory_format, self.device, ndim)
-
-    def _net(self):
-        """The module called for training forwards: compiled if ``compile``."""
-        if not self.compile:
-            return self.module_
-        compiled = self.__dict__.get("_compiled_module")
-        if compiled is None:
-            compiled = torch.compile(self.module_)
-            self.__dict__["_compiled_module"] = compiled
-        return compiled
-
     def _scaler(self):
         """GradScaler for fp16 training (None otherwise)."""
         if self._precision() != "fp16" or self.device is None:
@@ -502,12 +451,6 @@ class BaseContrastivePretrainer(
 
     # -------------------------------------------------------- the step
 
-    def _to_device(self, x):
-        """Batch to the device (non-blocking from pinned memory)."""
-        if isinstance(x, torch.Tensor) and self.device is not None:
-            return x.to(self.device, non_blocking=True)
-        return to_tensor(x, device=self.device)
-
     def _prepare(self, x):
         """Batch to device, channel axis for tabular input, z-score."""
         x = self._to_device(x)
@@ -516,20 +459,6 @@ class BaseContrastivePretrainer(
         if self.normalizer_ is not None:
             x = self.normalizer_(x)
         return x
-
-    def _as_input(self, x):
-        """A prepared batch in the memory format the network runs in."""
-        return x.contiguous(memory_format=self._memory_format(x.ndim))
-
-    def _generator(self, device):
-        gen = self.__dict__.get("_aug_generator")
-        if gen is None or gen.device != torch.device(device):
-            gen = torch.Generator(device=device)
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-            # other views on every process of a distributed run
-            gen.manual_seed(seed + _dist.rank())
-            self.__dict__["_aug_generator"] = gen
-        return gen
 
     def _views(self, x):
         if self.augment_ is None:

@@ -33,7 +33,11 @@ from ..data import VolumeDataset, check_volumes
 from ..data._slices import SliceDataset
 from ..nn import BACKBONES, DenseNet3D, build_backbone
 from ._base import BaseContrastivePretrainer
-from ._skorch import PretrainedByReferenceMixin, SkorchEstimatorMixin
+from ._skorch import (
+    DevicePlumbingMixin,
+    PretrainedByReferenceMixin,
+    SkorchEstimatorMixin,
+)
 
 __all__ = [
     "FineTuneNetwork",
@@ -325,7 +329,7 @@ _COMMON_ATTRS = """
 
 
 class _BaseFineTuned(
-    PretrainedByReferenceMixin, SkorchEstimatorMixin, NeuralNet
+    PretrainedByReferenceMixin, DevicePlumbingMixin, SkorchEstimatorMixin, NeuralNet
 ):
     """Shared plumbing of :class:`FineTunedClassifier` and
     :class:`FineTunedRegressor` (not for direct use)."""
@@ -416,10 +420,7 @@ class _BaseFineTuned(
         self.cache = cache
         self.random_state = random_state
 
-    # shared with the pretrainers (plain functions, no super() inside)
-    _on_device = BaseContrastivePretrainer._on_device
-    _seeded = BaseContrastivePretrainer._seeded
-    _generator = BaseContrastivePretrainer._generator
+    # the pretrainers' handling of files/images/preprocessed arrays
     _lazy = BaseContrastivePretrainer._lazy
     _as_dataset = BaseContrastivePretrainer._as_dataset
 

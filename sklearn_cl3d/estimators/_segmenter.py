@@ -26,7 +26,11 @@ from ..metrics import dice_scores
 from ..nn import UNet
 from ._base import MEMORY_FORMATS, BaseContrastivePretrainer
 from ._globallocal import GlobalLocalPretrainer, PercentileScaling
-from ._skorch import PretrainedByReferenceMixin, SkorchEstimatorMixin
+from ._skorch import (
+    DevicePlumbingMixin,
+    PretrainedByReferenceMixin,
+    SkorchEstimatorMixin,
+)
 
 __all__ = ["ContrastiveSegmenter"]
 
@@ -35,7 +39,7 @@ __all__ = ["ContrastiveSegmenter"]
 
 
 class ContrastiveSegmenter(
-    PretrainedByReferenceMixin, SkorchEstimatorMixin, NeuralNet
+    PretrainedByReferenceMixin, DevicePlumbingMixin, SkorchEstimatorMixin, NeuralNet
 ):
     """Segmentation U-Net fine-tuned from global-local pretraining.
 
@@ -253,15 +257,6 @@ class ContrastiveSegmenter(
         self.compile = compile
         self.random_state = random_state
 
-    # the device, seeding, precision and batching plumbing of the pretrainers
-    _on_device = BaseContrastivePretrainer._on_device
-    _seeded = BaseContrastivePretrainer._seeded
-    _precision = BaseContrastivePretrainer._precision
-    _autocast = BaseContrastivePretrainer._autocast
-    _memory_format = BaseContrastivePretrainer._memory_format
-    _to_device = BaseContrastivePretrainer._to_device
-    _as_input = BaseContrastivePretrainer._as_input
-    _net = BaseContrastivePretrainer._net
     get_iterator = BaseContrastivePretrainer.get_iterator
 
     # ---------------------------------------------------- sklearn plumbing

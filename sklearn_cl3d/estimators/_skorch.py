@@ -5,11 +5,20 @@ pretrained weights passed by reference through ``clone``."""
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager, nullcontext
 
+import torch
 from sklearn.base import clone
 from sklearn.utils._param_validation import validate_parameter_constraints
+from skorch.utils import to_tensor
 
-__all__ = ["PretrainedByReferenceMixin", "SkorchEstimatorMixin"]
+from .. import distributed as _dist
+
+__all__ = [
+    "DevicePlumbingMixin",
+    "PretrainedByReferenceMixin",
+    "SkorchEstimatorMixin",
+]
 
 
 class SkorchEstimatorMixin:
@@ -61,6 +70,101 @@ class SkorchEstimatorMixin:
             self.device_ = str(self.__dict__["device"])
         if requested == "auto":
             self.__dict__["device"] = "auto"
+
+
+class DevicePlumbingMixin:
+    """Device, seeding, precision and batch-placement helpers every estimator
+    of the package shares (``device="auto"``, ``random_state``,
+    ``precision``, ``memory_format``, ``compile``)."""
+
+    @contextmanager
+    def _on_device(self):
+        """Resolve ``device="auto"`` for the duration of a skorch call.
+
+        skorch reads ``self.device`` everywhere; the parameter itself keeps
+        the user's value so ``get_params``/``clone`` are unchanged.
+        """
+        requested = self.__dict__["device"]
+        from ._base import resolve_device
+
+        resolved = resolve_device(requested)
+        self.__dict__["device"] = resolved
+        try:
+            yield resolved
+        finally:
+            self.__dict__["device"] = requested
+
+
+    @contextmanager
+    def _seeded(self, offset):
+        """Seed torch's global RNG from ``random_state`` inside a fork."""
+        seed = self._base_seed_ + int(offset)
+        device = self.__dict__["device"]
+        devices = []
+        if device is not None and torch.device(device).type == "cuda":
+            index = torch.device(device).index
+            devices = [torch.cuda.current_device() if index is None else index]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield seed
+
+
+    def _generator(self, device):
+        gen = self.__dict__.get("_aug_generator")
+        if gen is None or gen.device != torch.device(device):
+            gen = torch.Generator(device=device)
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            # other views on every process of a distributed run
+            gen.manual_seed(seed + _dist.rank())
+            self.__dict__["_aug_generator"] = gen
+        return gen
+
+
+    def _precision(self):
+        from ._base import resolve_precision
+
+        return resolve_precision(self.precision, self.device)
+
+
+    def _autocast(self):
+        """Autocast context of ``precision`` (disabled for fp32)."""
+        precision = self._precision()
+        if precision == "fp32" or self.device is None:
+            return nullcontext()
+        kind = torch.device(self.device).type
+        from ._base import _AUTOCAST_DTYPES
+
+        return torch.autocast(kind, dtype=_AUTOCAST_DTYPES[precision])
+
+
+    def _memory_format(self, ndim):
+        from ._base import resolve_memory_format
+
+        return resolve_memory_format(self.memory_format, self.device, ndim)
+
+
+    def _net(self):
+        """The module called for training forwards: compiled if ``compile``."""
+        if not self.compile:
+            return self.module_
+        compiled = self.__dict__.get("_compiled_module")
+        if compiled is None:
+            compiled = torch.compile(self.module_)
+            self.__dict__["_compiled_module"] = compiled
+        return compiled
+
+
+    def _to_device(self, x):
+        """Batch to the device (non-blocking from pinned memory)."""
+        if isinstance(x, torch.Tensor) and self.device is not None:
+            return x.to(self.device, non_blocking=True)
+        return to_tensor(x, device=self.device)
+
+
+    def _as_input(self, x):
+        """A prepared batch in the memory format the network runs in."""
+        return x.contiguous(memory_format=self._memory_format(x.ndim))
+
 
 
 class PretrainedByReferenceMixin:
