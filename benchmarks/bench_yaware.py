@@ -491,7 +491,11 @@ def _official_loop(cfg, queue):
     n_steps = cfg["warmup"] + cfg["steps"]
     X = _random_volumes(batch * n_steps, shape, seed=0)
     age = np.random.default_rng(1).uniform(20.0, 80.0, size=len(X))
-    backbone = build_backbone(cfg["backbone"], (1, *shape), **cfg["backbone_kwargs"])
+    kwargs = dict(cfg["backbone_kwargs"])
+    if cfg["backbone"] == "densenet121":
+        # the official DenseNet stores every intermediate tensor
+        kwargs.setdefault("memory_efficient", False)
+    backbone = build_backbone(cfg["backbone"], (1, *shape), **kwargs)
     model = ContrastiveModel(backbone, ProjectionHead(backbone.out_features)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-5)
     ref = ReferencePipeline(cfg["augmentation"], seed=0)

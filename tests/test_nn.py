@@ -144,47 +144,156 @@ def _run(net, x, train):
     return out.detach(), x.grad.clone(), grads
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_memory_efficient_matches(train, monkeypatch):
+def _twins(mode, dtype=torch.float32, **kwargs):
+    """A plain DenseNet and a copy in ``memory_efficient=mode``, same weights."""
     torch.manual_seed(0)
-    ref = tiny_densenet(block_config=(2, 2))
-    eff = tiny_densenet(block_config=(2, 2), memory_efficient=True)
+    kwargs = {"block_config": (2, 2), **kwargs}
+    ref = tiny_densenet(memory_efficient=False, **kwargs).to(dtype)
+    eff = tiny_densenet(memory_efficient=mode, **kwargs).to(dtype)
     eff.load_state_dict(ref.state_dict())
+    return ref, eff
 
-    calls = []
-    real_checkpoint = _densenet.checkpoint
 
-    def counting_checkpoint(*args, **kwargs):
-        calls.append(kwargs.get("use_reentrant"))
-        return real_checkpoint(*args, **kwargs)
+class _Counters:
+    """Counts the recomputing autograd function and ``checkpoint`` calls."""
 
-    monkeypatch.setattr(_densenet, "checkpoint", counting_checkpoint)
+    def __init__(self, monkeypatch):
+        self.fused, self.checkpoint = 0, []
+        real_apply = _densenet._DenseLayerFunction.apply
+        real_checkpoint = _densenet.checkpoint
 
-    x = torch.randn(2, 1, 16, 16, 16)
+        def apply(*args):
+            self.fused += 1
+            return real_apply(*args)
+
+        def counting_checkpoint(*args, **kwargs):
+            self.checkpoint.append(kwargs.get("use_reentrant"))
+            return real_checkpoint(*args, **kwargs)
+
+        monkeypatch.setattr(_densenet._DenseLayerFunction, "apply", apply)
+        monkeypatch.setattr(_densenet, "checkpoint", counting_checkpoint)
+
+
+def _assert_same_run(ref, eff, x, train, exact=False):
     out_r, gx_r, g_r = _run(ref, x, train)
-    assert calls == []
     out_e, gx_e, g_e = _run(eff, x, train)
-    assert calls == [False] * 4  # one per dense layer, non-reentrant
-
-    torch.testing.assert_close(out_e, out_r)
-    torch.testing.assert_close(gx_e, gx_r)
+    tol = {"rtol": 0.0, "atol": 0.0} if exact else {}
+    torch.testing.assert_close(out_e, out_r, **tol)
+    torch.testing.assert_close(gx_e, gx_r, **tol)
     for k in g_r:
-        torch.testing.assert_close(g_e[k], g_r[k], msg=k)
-    # The recomputation in backward must not update BN running stats twice.
+        torch.testing.assert_close(g_e[k], g_r[k], msg=k, **tol)
+    # BN running statistics (and batch counts) are updated exactly once
     sd_r, sd_e = ref.state_dict(), eff.state_dict()
     for k in sd_r:
-        torch.testing.assert_close(sd_e[k], sd_r[k], msg=k)
+        torch.testing.assert_close(sd_e[k], sd_r[k], msg=k, **tol)
 
 
-def test_memory_efficient_skips_checkpoint_without_grad(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["auto", True])
+def test_memory_efficient_recomputes_without_second_convolution(
+    mode, dtype, monkeypatch
+):
+    ref, eff = _twins(mode, dtype)
+    counters = _Counters(monkeypatch)
+    x = torch.randn(3, 1, 16, 16, 16, dtype=dtype)
+    # the recomputation replays the forward's own arithmetic: bit-identical
+    _assert_same_run(ref, eff, x, train=True, exact=True)
+    assert counters.fused == 4  # one per dense layer
+    assert counters.checkpoint == []
+
+
+def _saved_bytes(net, x):
+    """Bytes of the distinct tensors autograd keeps for a backward of ``net``."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    out.sum().backward()
+    return sum(seen.values())
+
+
+def test_memory_efficient_auto_stores_less():
+    ref, eff = _twins("auto", block_config=(3, 3))
+    x = torch.randn(2, 1, 16, 16, 16)
+    plain, recomputed = _saved_bytes(ref, x), _saved_bytes(eff, x)
+    assert recomputed < 0.8 * plain
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_memory_efficient_true_checkpoints_where_recompute_cannot(train, monkeypatch):
+    # under autocast the recomputing function does not apply: True falls back
+    # to checkpointing the bottleneck, "auto" stores everything
+    counters = _Counters(monkeypatch)
+    x = torch.randn(2, 1, 16, 16, 16)
+    for mode, expected in [(True, [False] * 4), ("auto", [])]:
+        ref, eff = _twins(mode)
+        counters.checkpoint.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_r, gx_r, g_r = _run(ref, x, train)
+            out_e, gx_e, g_e = _run(eff, x, train)
+        assert counters.checkpoint == expected
+        torch.testing.assert_close(out_e, out_r)
+        torch.testing.assert_close(gx_e, gx_r)
+        for k in g_r:
+            torch.testing.assert_close(g_e[k], g_r[k], msg=k)
+    assert counters.fused == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", True])
+def test_memory_efficient_eval_mode_stores_plainly(mode, monkeypatch):
+    # eval-mode BN normalises with running statistics: nothing to recompute
+    counters = _Counters(monkeypatch)
+    ref, eff = _twins(mode)
+    _assert_same_run(ref, eff, torch.randn(2, 1, 16, 16, 16), train=False)
+    assert counters.fused == 0
+    assert counters.checkpoint == ([False] * 4 if mode is True else [])
+
+
+def test_memory_efficient_cumulative_momentum_dropout_and_frozen_input():
+    ref, eff = _twins("auto", drop_rate=0.3)
+    for net in (ref, eff):
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.momentum = None  # cumulative moving average
+        # a frozen stem: the first dense layer's input needs no gradient
+        net.features.conv0.requires_grad_(False)
+        net.features.norm0.requires_grad_(False)
+    x = torch.randn(2, 1, 16, 16, 16)
+    for step in range(2):
+        torch.manual_seed(step)
+        out_r = ref(x)
+        out_r.square().sum().backward()
+        torch.manual_seed(step)
+        out_e = eff(x)
+        out_e.square().sum().backward()
+        torch.testing.assert_close(out_e, out_r)
+    for (k, p_r), p_e in zip(ref.named_parameters(), eff.parameters()):
+        if p_r.requires_grad:
+            torch.testing.assert_close(p_e.grad, p_r.grad, msg=k)
+        else:
+            assert p_e.grad is None, k
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(eff.state_dict()[k], v, msg=k)
+
+
+def test_memory_efficient_without_any_gradient(monkeypatch):
+    counters = _Counters(monkeypatch)
     net = tiny_densenet(memory_efficient=True).eval()
-    monkeypatch.setattr(
-        _densenet,
-        "checkpoint",
-        lambda *a, **k: pytest.fail("checkpoint used without gradients"),
-    )
     with torch.no_grad():
         assert net(torch.randn(1, 1, 16, 16, 16)).shape == (1, net.out_features)
+    frozen = tiny_densenet(memory_efficient="auto").requires_grad_(False)
+    frozen(torch.randn(2, 1, 16, 16, 16))
+    assert counters.fused == 0 and counters.checkpoint == []
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None, "Auto"])
+def test_memory_efficient_rejects_other_values(bad):
+    with pytest.raises(ValueError, match="memory_efficient"):
+        tiny_densenet(memory_efficient=bad)
 
 
 # --------------------------------------------------------------------------
