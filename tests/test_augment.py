@@ -17,7 +17,10 @@ from sklearn_cl3d.augment import (
     GaussianBlur,
     GaussianNoise,
     RandomApply,
+    RandomAreaCrop,
+    RandomBrightnessContrast,
     RandomResizedCrop,
+    RandomRotate,
     ZScore,
     make_augmentation,
 )
@@ -283,6 +286,42 @@ def test_cutout_value_and_fraction():
     assert torch.equal(y[y != -2.0], torch.ones(100 * 3 - 75))
 
 
+def test_large_noise_fields_do_not_depend_on_the_thread_count():
+    from sklearn_cl3d.augment import _transforms
+
+    shape = (2, 1, 64, 128, 128)  # above the parallel threshold
+    assert math.prod(shape) >= _transforms._PARALLEL_NORMAL_MIN
+    threads = torch.get_num_threads()
+    fields = []
+    try:
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            like = torch.zeros(1).expand(*shape)  # shape only, no memory
+            params = GaussianNoise().sample_params(like, generator=_gen(4))
+            fields.append(params["noise"])
+    finally:
+        torch.set_num_threads(threads)
+    assert fields[0].shape == shape
+    assert torch.equal(fields[0], fields[1]) and torch.equal(fields[0], fields[2])
+    z = fields[0].flatten().double()
+    assert abs(z.mean().item()) < 5e-3 and abs(z.std().item() - 1) < 5e-3
+    # the independently seeded halves are different streams
+    half = z.numel() // 2
+    corr = torch.corrcoef(torch.stack([z[:half], z[half : 2 * half]]))[0, 1]
+    assert abs(corr.item()) < 5e-3
+    # excess kurtosis of a normal is 0
+    assert abs(((z - z.mean()) ** 4).mean().item() / z.var().item() ** 2 - 3) < 0.05
+    other = GaussianNoise().sample_params(fields[0], generator=_gen(5))["noise"]
+    assert not torch.equal(other, fields[0])
+
+
+def test_small_noise_fields_are_plain_randn():
+    x = _rand((2, 1, 8, 8, 8))
+    noise = GaussianNoise(std=0.5).sample_params(x, generator=_gen(1))["noise"]
+    # a fixed std draws nothing before the field
+    assert torch.equal(noise, torch.randn(x.shape, generator=_gen(1)))
+
+
 # --------------------------------------------------------------------------
 # RandomResizedCrop
 # --------------------------------------------------------------------------
@@ -311,7 +350,26 @@ def test_crop_matches_naive_reference(shape, mode, fraction):
         crop = x[b : b + 1, :][(slice(None), slice(None), *region)]
         assert crop.shape[2:] == tuple(box)
         expected = F.interpolate(crop, size=spatial, mode=mode, align_corners=False)
-        torch.testing.assert_close(y[b : b + 1], expected, rtol=1e-6, atol=1e-6)
+        # resized one axis at a time: equal to float32 rounding
+        torch.testing.assert_close(y[b : b + 1], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape,size,mode",
+    [
+        ((2, 3, 7, 9, 11), (12, 5, 11), "trilinear"),  # up, down, unchanged
+        ((3, 1, 64, 60, 50), (70, 80, 90), "trilinear"),
+        ((2, 2, 9, 13), (20, 6), "bilinear"),
+    ],
+)
+def test_separable_resize_equals_interpolate(shape, size, mode):
+    from sklearn_cl3d.augment._transforms import _separable_resize
+
+    x = _rand(shape, dtype=torch.float64)
+    expected = F.interpolate(x, size=size, mode=mode, align_corners=False)
+    torch.testing.assert_close(
+        _separable_resize(x, size), expected, rtol=0, atol=1e-12
+    )
 
 
 def test_crop_full_fraction_is_identity():
@@ -402,6 +460,47 @@ def test_random_apply_selects_subset_and_writes_back():
     torch.testing.assert_close(y[changed], x[changed] + 1)
     assert seen == [int(changed.sum())]  # one call, on the sub-batch only
     assert abs(changed.float().mean().item() - 0.3) < 0.04
+
+
+def _gathered_reference(op, x, p, seed):
+    """RandomApply as documented: draw the chosen samples, gather them, call
+    ``op`` on the sub-batch with the same generator, write them back."""
+    g = _gen(seed)
+    chosen = torch.rand(x.shape[0], generator=g) < p
+    out = x.clone()
+    if chosen.any():
+        out[chosen] = op(x[chosen], generator=g)
+    return out
+
+
+_RANDOM_OPS = {
+    "flip": lambda: Flip(),
+    "blur": lambda: GaussianBlur(),
+    "noise": lambda: GaussianNoise(),
+    "cutout": lambda: Cutout(),
+    "crop": lambda: RandomResizedCrop(),
+    "brightness": lambda: RandomBrightnessContrast(clip=None),
+    "area_crop": lambda: RandomAreaCrop(),
+    "rotate": lambda: RandomRotate(),
+}
+
+
+@pytest.mark.parametrize("name", list(_RANDOM_OPS))
+@pytest.mark.parametrize("in_compose", [False, True])
+def test_random_apply_equals_gathered_call(name, in_compose):
+    # the chosen samples are transformed from views, never gathered, yet
+    # exactly as one call of the op on the gathered sub-batch
+    op = _RANDOM_OPS[name]()
+    x = _rand((9, 1, 10, 11, 12))
+    for seed in range(4):
+        step = RandomApply(op, p=0.5)
+        if in_compose:  # after ZScore, Compose owns the batch: in place
+            expected = _gathered_reference(op, ZScore()(x), 0.5, seed)
+            got = Compose([ZScore(), step])(x, generator=_gen(seed))
+        else:
+            expected = _gathered_reference(op, x, 0.5, seed)
+            got = step(x, generator=_gen(seed))
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_compose_order_and_empty():

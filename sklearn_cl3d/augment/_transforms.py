@@ -19,7 +19,9 @@ to inspect and test: :meth:`sample_params` draws the per-sample parameters and
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
 
 import torch
@@ -107,6 +109,57 @@ def _uniform(n, value, generator, device) -> Tensor:
     return torch.full((n,), value, device=device, dtype=torch.float32)
 
 
+#: Standard normal fields of at least this many values are drawn on the CPU
+#: in ``_NORMAL_CHUNKS`` independent streams, filled by up to that many
+#: threads (torch's generator is serial: one core fills about 300 million
+#: values per second). The split is fixed, so the values depend on the seed
+#: only, not on the number of threads.
+_PARALLEL_NORMAL_MIN = 1 << 20
+_NORMAL_CHUNKS = 2
+_normal_pool = None
+_normal_pool_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _normal_pool
+    with _normal_pool_lock:
+        if _normal_pool is None:
+            _normal_pool = ThreadPoolExecutor(
+                max_workers=_NORMAL_CHUNKS - 1, thread_name_prefix="cl3d-normal"
+            )
+        return _normal_pool
+
+
+def _standard_normal(shape, generator, device, dtype) -> Tensor:
+    """A standard normal tensor, drawn from ``generator``.
+
+    Large CPU fields are split into ``_NORMAL_CHUNKS`` parts, each filled
+    from its own generator seeded by a draw of ``generator``, in parallel
+    threads when torch may use more than one.
+    """
+    device = torch.device(device)
+    n = math.prod(shape)
+    if device.type != "cpu" or n < _PARALLEL_NORMAL_MIN:
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    seeds = torch.randint(
+        0, 2**62, (_NORMAL_CHUNKS,), generator=generator, device=device
+    ).tolist()
+    out = torch.empty(n, dtype=dtype, device=device)
+    parts = out.chunk(_NORMAL_CHUNKS)
+
+    def fill(indices):
+        for i in indices:
+            parts[i].normal_(generator=torch.Generator().manual_seed(seeds[i]))
+
+    workers = max(1, min(_NORMAL_CHUNKS, torch.get_num_threads()))
+    groups = [list(range(w, _NORMAL_CHUNKS, workers)) for w in range(workers)]
+    futures = [_pool().submit(fill, group) for group in groups[1:]]
+    fill(groups[0])
+    for future in futures:
+        future.result()
+    return out.view(shape)
+
+
 def _box_size(spatial, fraction: float) -> tuple[int, ...]:
     return tuple(min(n, max(1, math.ceil(fraction * n))) for n in spatial)
 
@@ -146,6 +199,14 @@ class _RandomOp(_Op):
 
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def _apply_into(self, x: Tensor, params: dict[str, Tensor], out: Tensor) -> None:
+        """Write ``apply(x, params)`` into ``out``, which may be ``x`` itself.
+
+        Operations that can write their result directly (in place when
+        ``out is x``) override this to save a copy of the batch.
+        """
+        out.copy_(self.apply(x, params))
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Draw per-sample parameters and transform ``x``.
@@ -300,16 +361,18 @@ class Flip(_RandomOp):
         torch.Tensor
             Flipped batch, same shape, dtype and device as ``x``.
         """
-        # one flip per sample: much faster than a per-sample gather
-        dims = params["dim"].tolist()
-        if not dims:
-            return x.clone()
-        return torch.stack(
-            [
-                x[b].flip(axis - 1) if x.shape[axis] > 1 else x[b]
-                for b, axis in enumerate(dims)
-            ]
-        )
+        out = torch.empty_like(x)
+        self._apply_into(x, params, out)
+        return out
+
+    def _apply_into(self, x: Tensor, params: dict[str, Tensor], out: Tensor) -> None:
+        # one flip per sample: much faster than a per-sample gather; the
+        # flipped copy is made before it is written (``out`` may be ``x``)
+        for b, axis in enumerate(params["dim"].tolist()):
+            if x.shape[axis] > 1:
+                out[b].copy_(x[b].flip(axis - 1))
+            elif out is not x:
+                out[b].copy_(x[b])
 
 
 def _symmetric_index(n: int, pad: int, device) -> Tensor:
@@ -322,7 +385,25 @@ def _symmetric_index(n: int, pad: int, device) -> Tensor:
     return torch.where(pos >= n, 2 * n - 1 - pos, pos)
 
 
-def _gaussian_blur(x: Tensor, sigma: Tensor, truncate: float) -> Tensor:
+def _symmetric_pad(x: Tensor, axis: int, pad: int) -> Tensor:
+    """``x`` extended by ``pad`` along ``axis`` on both sides, half-sample
+    symmetric (scipy.ndimage's ``'reflect'``).
+
+    Concatenates the mirrored edge slabs: much faster on CPU than an
+    ``index_select`` along the last axis. Pads longer than the axis
+    (repeated reflections) take the indexed path.
+    """
+    n = x.shape[axis]
+    if pad > n:
+        return x.index_select(axis, _symmetric_index(n, pad, x.device))
+    left = x.narrow(axis, 0, pad).flip(axis)
+    right = x.narrow(axis, n - pad, pad).flip(axis)
+    return torch.cat([left, x, right], dim=axis)
+
+
+def _gaussian_blur(
+    x: Tensor, sigma: Tensor, truncate: float, out: Tensor | None = None
+) -> Tensor:
     """Separable Gaussian blur with one isotropic ``sigma`` per sample.
 
     Each sample is filtered along each spatial axis by accumulating shifted
@@ -331,32 +412,29 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, truncate: float) -> Tensor:
     times faster than a grouped convolution.
     """
     dtype = _compute_dtype(x)
-    batch = x.shape[0]
     spatial = x.shape[2:]
-    # the kernel is built in float64 only for float64 inputs (MPS has none)
+    # the kernels are built on the host (one small transfer), in float64
+    # only for float64 inputs (MPS has none), each from its own taps so that
+    # a sample's blur never depends on the rest of the batch
     kdtype = torch.float64 if dtype == torch.float64 else torch.float32
-    sigma = sigma.to(device=x.device, dtype=kdtype)
-    radius = torch.floor(truncate * sigma + 0.5).long()
-    max_radius = int(radius.max()) if batch else 0
-    if max_radius == 0:
-        return x.clone()
-    taps = torch.arange(-max_radius, max_radius + 1, device=x.device)
-    var = (sigma * sigma).clamp_min(torch.finfo(kdtype).tiny).view(-1, 1)
-    kernel = torch.exp(-0.5 * taps.to(kdtype) ** 2 / var)
-    kernel = kernel * (taps.abs().view(1, -1) <= radius.view(-1, 1))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).to(dtype)
-    kernel = kernel.cpu().tolist()
-    out = torch.empty_like(x)
-    for b, r in enumerate(radius.tolist()):
+    sigma = sigma.detach().to(device="cpu", dtype=kdtype)
+    radius = torch.floor(truncate * sigma + 0.5).long().tolist()
+    var = (sigma * sigma).clamp_min(torch.finfo(kdtype).tiny).tolist()
+    if out is None:
+        out = torch.empty_like(x)
+    for b, r in enumerate(radius):
         if r == 0:
-            out[b].copy_(x[b])
+            if out is not x:
+                out[b].copy_(x[b])
             continue
-        weights = kernel[b][max_radius - r : max_radius + r + 1]
+        taps = torch.arange(-r, r + 1, dtype=kdtype)
+        kernel = torch.exp(-0.5 * taps**2 / var[b])
+        weights = (kernel / kernel.sum()).to(dtype).tolist()
         # the last pass writes straight into the output when no cast is needed
         target = out[b] if dtype == x.dtype else None
         sample = x[b].to(dtype)
         for axis, n in enumerate(spatial, start=1):
-            padded = sample.index_select(axis, _symmetric_index(n, r, x.device))
+            padded = _symmetric_pad(sample, axis, r)
             last = target if axis == len(spatial) else None
             sample = torch.mul(padded.narrow(axis, 0, n), weights[0], out=last)
             for t in range(1, 2 * r + 1):
@@ -440,6 +518,10 @@ class GaussianBlur(_RandomOp):
         """
         return _gaussian_blur(x, params["sigma"], self.truncate)
 
+    def _apply_into(self, x: Tensor, params: dict[str, Tensor], out: Tensor) -> None:
+        # each sample is read (padded copy) before its last pass writes out
+        _gaussian_blur(x, params["sigma"], self.truncate, out=out)
+
 
 class GaussianNoise(_RandomOp):
     """Add white Gaussian noise with a random standard deviation per sample.
@@ -449,6 +531,13 @@ class GaussianNoise(_RandomOp):
     std : float or (float, float), default=(0.1, 1.0)
         Standard deviation of the noise: a fixed value or the ``(low, high)``
         bounds of a uniform draw, one per sample. Must be non-negative.
+
+    Notes
+    -----
+    On the CPU, fields of a million values or more are drawn in two halves,
+    each from its own generator seeded by the given one, and filled in
+    parallel when torch may use two threads (torch's generator is serial).
+    The values depend on the seed only, not on the number of threads.
 
     Examples
     --------
@@ -484,9 +573,7 @@ class GaussianNoise(_RandomOp):
             where ``noise`` is standard normal.
         """
         std = _uniform(x.shape[0], self.std, generator, x.device)
-        noise = torch.randn(
-            x.shape, generator=generator, device=x.device, dtype=_compute_dtype(x)
-        )
+        noise = _standard_normal(x.shape, generator, x.device, _compute_dtype(x))
         return {"std": std, "noise": noise}
 
     def apply(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
@@ -507,6 +594,14 @@ class GaussianNoise(_RandomOp):
         noise = params["noise"]
         std = params["std"].to(noise.dtype).view(-1, *([1] * (x.ndim - 1)))
         return torch.addcmul(x.to(noise.dtype), std, noise).to(x.dtype)
+
+    def _apply_into(self, x: Tensor, params: dict[str, Tensor], out: Tensor) -> None:
+        noise = params["noise"]
+        if noise.dtype != x.dtype or noise.device != x.device:
+            out.copy_(self.apply(x, params))
+            return
+        std = params["std"].to(noise.dtype).view(-1, *([1] * (x.ndim - 1)))
+        torch.addcmul(x, std, noise, out=out)
 
 
 class _RandomBox(_RandomOp):
@@ -582,14 +677,22 @@ class Cutout(_RandomBox):
         torch.Tensor
             Batch with the boxes filled, same shape, dtype and device as ``x``.
         """
-        box = _box_size(x.shape[2:], self.fraction)
         out = x.clone()
+        self._fill(out, params)
+        return out
+
+    def _apply_into(self, x: Tensor, params: dict[str, Tensor], out: Tensor) -> None:
+        if out is not x:
+            out.copy_(x)
+        self._fill(out, params)
+
+    def _fill(self, out: Tensor, params: dict[str, Tensor]) -> None:
+        box = _box_size(out.shape[2:], self.fraction)
         for b, start in enumerate(params["start"].tolist()):
             region = (b, slice(None)) + tuple(
                 slice(s, s + size) for s, size in zip(start, box)
             )
             out[region] = self.value
-        return out
 
 
 class RandomResizedCrop(_RandomBox):
@@ -638,19 +741,73 @@ class RandomResizedCrop(_RandomBox):
         torch.Tensor
             Cropped and resized batch, same shape, dtype and device as ``x``.
         """
+        out = torch.empty_like(x)
+        self._apply_into(x, params, out)
+        return out
+
+    def _apply_into(self, x: Tensor, params: dict[str, Tensor], out: Tensor) -> None:
         spatial = tuple(x.shape[2:])
         box = _box_size(spatial, self.fraction)
-        crops = [
-            x[(b, slice(None)) + tuple(slice(s, s + n) for s, n in zip(start, box))]
-            for b, start in enumerate(params["start"].tolist())
-        ]
-        if not crops:
-            return x.clone()
-        crop = torch.stack(crops).to(_compute_dtype(x))
-        out = F.interpolate(
-            crop, size=spatial, mode=_INTERP_MODES[len(spatial)], align_corners=False
-        )
-        return out.to(x.dtype)
+        dtype = _compute_dtype(x)
+        for b, start in enumerate(params["start"].tolist()):
+            region = tuple(slice(s, s + n) for s, n in zip(start, box))
+            crop = x[b : b + 1][(slice(None), slice(None), *region)].to(dtype)
+            target = out[b : b + 1] if dtype == x.dtype else None
+            result = _separable_resize(crop, spatial, out=target)
+            if target is None:
+                out[b : b + 1].copy_(result)
+
+
+def _lerp_taps(n_in: int, n_out: int, dtype, device):
+    """Lower/upper source indices and weights of linear resizing along one
+    axis, with ``align_corners=False`` (PyTorch's convention: source
+    positions below 0 are clamped to the first sample)."""
+    pos = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    pos = pos.clamp_min(0.0)
+    lower = pos.floor().long().clamp_max(n_in - 1)
+    upper = (lower + 1).clamp_max(n_in - 1)
+    weight = (pos - lower).to(dtype)
+    return lower.to(device), upper.to(device), weight.to(device)
+
+
+def _separable_resize(x: Tensor, size, out: Tensor | None = None) -> Tensor:
+    """(Bi/tri)linear resize of the spatial axes, ``align_corners=False``,
+    one axis at a time.
+
+    Linear interpolation is separable: resizing the last axis, then the one
+    before it, and so on, gives the (bi/tri)linear result of
+    :func:`torch.nn.functional.interpolate` (to rounding) at a fraction of
+    its CPU cost. The last axis is resized by ``interpolate`` on rows; the
+    others by gathering the two neighbouring slices and blending them, the
+    final blend written into ``out`` when it is given (``out`` may overlap
+    ``x``: ``x`` is only read before).
+    """
+    spatial = tuple(x.shape[2:])
+    size = tuple(int(n) for n in size)
+    y = x
+    if spatial[-1] != size[-1]:
+        rows = x.reshape(1, -1, spatial[-1])
+        y = F.interpolate(rows, size=size[-1], mode="linear", align_corners=False)
+        y = y.view(*x.shape[:-1], size[-1])
+    # axes are resized from the back: the first changed axis is done last
+    last = min(
+        (a for a in range(len(spatial) - 1) if spatial[a] != size[a]), default=None
+    )
+    for axis in reversed(range(len(spatial) - 1)):
+        if spatial[axis] == size[axis]:
+            continue
+        dim = axis + 2
+        lower, upper, weight = _lerp_taps(spatial[axis], size[axis], y.dtype, y.device)
+        shape = [1] * y.ndim
+        shape[dim] = -1
+        a, b = y.index_select(dim, lower), y.index_select(dim, upper)
+        target = out if (out is not None and axis == last) else None
+        y = torch.lerp(a, b, weight.view(shape), out=target)
+    if out is None:
+        return y
+    if y is not out:
+        out.copy_(y)
+    return out
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int, bool]]:
@@ -677,8 +834,11 @@ class RandomApply(_Op):
     """Apply an operation to a random subset of the batch.
 
     Each sample independently gets ``op`` with probability ``p``. The chosen
-    samples are gathered into a sub-batch, transformed together, and written
-    back into a copy of the input; the others are returned unchanged.
+    samples are transformed as one sub-batch (one call, one draw of the
+    random parameters) and written back into a copy of the input; the others
+    are returned unchanged. The package's own operations are applied to
+    views of the input, written straight into the result, with the same
+    outcome as gathering the sub-batch but no gather and fewer copies.
 
     Parameters
     ----------
@@ -750,6 +910,9 @@ class RandomApply(_Op):
     def _apply_runs(self, x: Tensor, out: Tensor, runs, generator) -> None:
         """Write ``op`` of the chosen samples of ``x`` into ``out``."""
         picked = [(start, stop) for start, stop, chosen in runs if chosen]
+        if isinstance(self.op, _RandomOp):
+            self._apply_runs_in_views(x, out, picked, generator)
+            return
         if len(picked) == 1:
             sub = x[picked[0][0] : picked[0][1]]  # a view, no gather
         else:
@@ -760,6 +923,36 @@ class RandomApply(_Op):
         for start, stop in picked:
             out[start:stop].copy_(result[offset : offset + stop - start])
             offset += stop - start
+
+    def _apply_runs_in_views(self, x: Tensor, out: Tensor, picked, generator):
+        """Same result as gathering the chosen samples and calling ``op`` on
+        them, without the gather: the parameters are drawn once for the
+        chosen samples (same random stream), then each run of consecutive
+        chosen samples is transformed from its view of ``x`` straight into
+        ``out``."""
+        op = self.op
+        n = sum(stop - start for start, stop in picked)
+        like = x[:1].expand(n, *x.shape[1:])  # the sub-batch's shape, no copy
+        _check_input(like)
+        params = op.sample_params(like, generator=generator)
+        if not all(
+            isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n
+            for v in params.values()
+        ):
+            # parameters not per sample: apply them to the gathered batch
+            index = torch.cat([torch.arange(a, b) for a, b in picked])
+            result = op.apply(x.index_select(0, index.to(x.device)), params)
+            offset = 0
+            for start, stop in picked:
+                out[start:stop].copy_(result[offset : offset + stop - start])
+                offset += stop - start
+            return
+        offset = 0
+        for start, stop in picked:
+            count = stop - start
+            part = {k: v[offset : offset + count] for k, v in params.items()}
+            op._apply_into(x[start:stop], part, out[start:stop])
+            offset += count
 
     def _apply_inplace(self, x: Tensor, generator) -> None:
         """Same draw and result as calling, but written into ``x``.
