@@ -430,18 +430,48 @@ def _gaussian_blur(
         taps = torch.arange(-r, r + 1, dtype=kdtype)
         kernel = torch.exp(-0.5 * taps**2 / var[b])
         weights = (kernel / kernel.sum()).to(dtype).tolist()
-        # the last pass writes straight into the output when no cast is needed
-        target = out[b] if dtype == x.dtype else None
+        # the last pass writes straight into the output when no cast is
+        # needed and it does not read the output (one axis, in place)
+        in_place_1d = len(spatial) == 1 and out.data_ptr() == x.data_ptr()
+        target = out[b] if dtype == x.dtype and not in_place_1d else None
         sample = x[b].to(dtype)
-        for axis, n in enumerate(spatial, start=1):
-            padded = _symmetric_pad(sample, axis, r)
+        for axis in range(1, len(spatial) + 1):
             last = target if axis == len(spatial) else None
-            sample = torch.mul(padded.narrow(axis, 0, n), weights[0], out=last)
-            for t in range(1, 2 * r + 1):
-                sample.add_(padded.narrow(axis, t, n), alpha=weights[t])
+            sample = _blur_axis(sample, axis, weights, last)
         if target is None:
             out[b].copy_(sample)
     return out
+
+
+def _blur_axis(x: Tensor, axis: int, weights, out: Tensor | None) -> Tensor:
+    """Correlate ``x`` along ``axis`` with the symmetric taps ``weights``
+    (length ``2 r + 1``), half-sample symmetric boundaries, into a new
+    tensor or ``out`` (which must not overlap ``x``).
+
+    Each tap is added from a shifted view of ``x`` over the interior, and
+    from the mirrored edge slab near the boundaries, so ``x`` is never
+    copied into a padded buffer. Radii longer than the axis take the padded
+    path, whose reflections repeat.
+    """
+    n = x.shape[axis]
+    r = len(weights) // 2
+    if r > n:
+        padded = _symmetric_pad(x, axis, r)
+        y = torch.mul(padded.narrow(axis, 0, n), weights[0], out=out)
+        for t in range(1, 2 * r + 1):
+            y.add_(padded.narrow(axis, t, n), alpha=weights[t])
+        return y
+    y = torch.mul(x, weights[r], out=out)
+    for t in range(1, r + 1):
+        # the taps at -t and +t have the same weight
+        w = weights[r + t]
+        if t < n:
+            y.narrow(axis, t, n - t).add_(x.narrow(axis, 0, n - t), alpha=w)
+            y.narrow(axis, 0, n - t).add_(x.narrow(axis, t, n - t), alpha=w)
+        # neighbours beyond the edges, mirrored: x[t - 1 - i] and x[2n - 1 - i - t]
+        y.narrow(axis, 0, t).add_(x.narrow(axis, 0, t).flip(axis), alpha=w)
+        y.narrow(axis, n - t, t).add_(x.narrow(axis, n - t, t).flip(axis), alpha=w)
+    return y
 
 
 class GaussianBlur(_RandomOp):
