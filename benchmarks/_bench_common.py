@@ -48,14 +48,24 @@ def current_rss_bytes():
 
 
 def cpu_model():
+    """The CPU's model name, with its family and model numbers on Linux (a
+    virtual machine may show only a vendor name such as "AMD EPYC")."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break  # first processor only
     except OSError:
         pass
-    return platform.processor() or None
+    name = fields.get("model name") or platform.processor() or None
+    if name and "cpu family" in fields and "model" in fields:
+        name = f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def stats(values):
