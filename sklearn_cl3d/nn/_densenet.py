@@ -129,20 +129,10 @@ class _DenseLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, factors, w1, b1, w2, b2, c1w, c2w, *features):
         del w1, b1, w2, b2, c1w, c2w  # passed only so autograd tracks them
-        bn1, bn2 = layer.norm1, layer.norm2
         x = torch.cat(features, dim=1)
-        y1, mean1, invstd1 = torch.ops.aten._native_batch_norm_legit(
-            x, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, True,
-            factors[0], bn1.eps,
-        )
+        c1, mean1, invstd1 = _bn_relu_conv(x, layer.norm1, factors[0], layer.conv1)
         del x
-        c1 = layer.conv1(y1.relu_())
-        del y1
-        y2, mean2, invstd2 = torch.ops.aten._native_batch_norm_legit(
-            c1, bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var, True,
-            factors[1], bn2.eps,
-        )
-        out = layer.conv2(y2.relu_())
+        out, mean2, invstd2 = _bn_relu_conv(c1, layer.norm2, factors[1], layer.conv2)
         ctx.layer = layer
         ctx.save_for_backward(c1, mean1, invstd1, mean2, invstd2, *features)
         return out
@@ -150,25 +140,16 @@ class _DenseLayerFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         layer = ctx.layer
-        bn1, bn2 = layer.norm1, layer.norm2
         c1, mean1, invstd1, mean2, invstd2, *features = ctx.saved_tensors
         need = ctx.needs_input_grad
-        y2 = _batch_norm_relu(c1, bn2, mean2, invstd2)
-        grad, grad_c2w = _conv_backward(grad_out, y2, layer.conv2, need[7])
-        grad = torch.ops.aten.threshold_backward(grad, y2, 0)
-        del y2
-        grad, grad_w2, grad_b2 = torch.ops.aten.native_batch_norm_backward(
-            grad, c1, bn2.weight, None, None, mean2, invstd2, True, bn2.eps,
-            [True, need[4], need[5]],
+        grad, grad_c2w, grad_w2, grad_b2 = _bn_relu_conv_backward(
+            grad_out, c1, layer.norm2, mean2, invstd2, layer.conv2,
+            [True, need[7], need[4], need[5]],
         )
         x = torch.cat(features, dim=1)
-        y1 = _batch_norm_relu(x, bn1, mean1, invstd1)
-        grad, grad_c1w = _conv_backward(grad, y1, layer.conv1, need[6])
-        grad = torch.ops.aten.threshold_backward(grad, y1, 0)
-        del y1
-        grad, grad_w1, grad_b1 = torch.ops.aten.native_batch_norm_backward(
-            grad, x, bn1.weight, None, None, mean1, invstd1, True, bn1.eps,
-            [any(need[8:]), need[2], need[3]],
+        grad, grad_c1w, grad_w1, grad_b1 = _bn_relu_conv_backward(
+            grad, x, layer.norm1, mean1, invstd1, layer.conv1,
+            [any(need[8:]), need[6], need[2], need[3]],
         )
         del x
         if grad is None:
@@ -179,6 +160,30 @@ class _DenseLayerFunction(torch.autograd.Function):
             None, None, grad_w1, grad_b1, grad_w2, grad_b2, grad_c1w, grad_c2w,
             *grad_features,
         )
+
+
+def _bn_relu_conv(x, bn, factor, conv):
+    """``conv(relu(bn(x)))`` in training mode (running statistics updated
+    with ``factor``), and the batch mean and inverse std of ``bn``."""
+    y, mean, invstd = torch.ops.aten._native_batch_norm_legit(
+        x, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, factor, bn.eps
+    )
+    return conv(y.relu_()), mean, invstd
+
+
+def _bn_relu_conv_backward(grad_out, x, bn, mean, invstd, conv, need):
+    """Gradients of :func:`_bn_relu_conv` with respect to ``x``, the
+    convolution weight and the BN weight and bias (``need`` says which),
+    recomputing ``relu(bn(x))`` from the saved statistics."""
+    y = _batch_norm_relu(x, bn, mean, invstd)
+    grad, grad_conv = _conv_backward(grad_out, y, conv, need[1])
+    grad = torch.ops.aten.threshold_backward(grad, y, 0)
+    del y
+    grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+        grad, x, bn.weight, None, None, mean, invstd, True, bn.eps,
+        [need[0], need[2], need[3]],
+    )
+    return grad_x, grad_conv, grad_w, grad_b
 
 
 def _plain_batch_norm(bn) -> bool:
