@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-try:  # optional, for current RSS
+try:  # optional, for the current RSS and the total RAM
     import psutil
 except ImportError:  # pragma: no cover
     psutil = None
@@ -35,10 +35,26 @@ def loadavg():
 
 
 def peak_rss_bytes():
-    """High-water mark of this process's resident set size, in bytes."""
+    """High-water mark of this process's resident set size, in bytes.
+
+    On Linux ``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` would start
+    from the parent's peak in a child process (it survives fork and exec).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # kilobytes on Linux, bytes on macOS
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def total_ram_bytes():
+    """Physical memory of the machine, or None without psutil."""
+    return None if psutil is None else int(psutil.virtual_memory().total)
 
 
 def current_rss_bytes():

@@ -50,11 +50,7 @@ import numpy as np
 import torch
 from _bench_common import (  # noqa: E402
     cpu_model as _cpu_model,
-)
-from _bench_common import (
     loadavg as _loadavg,
-)
-from _bench_common import (
     usable_cores as _usable_cores,
 )
 from sklearn.linear_model import Ridge

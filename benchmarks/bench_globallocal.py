@@ -45,17 +45,13 @@ import numpy as np
 import torch
 from _bench_common import (  # noqa: E402
     cpu_model as _cpu_model,
-)
-from _bench_common import (
+    current_rss_bytes as _current_rss_bytes,
+    gib as _gib,
     loadavg as _loadavg,
-)
-from _bench_common import (
     peak_rss_bytes as _peak_rss_bytes,
-)
-from _bench_common import (
     stats as _stats,
-)
-from _bench_common import (
+    synchronizer as _synchronizer,
+    total_ram_bytes as _total_ram_bytes,
     usable_cores as _usable_cores,
 )
 from sklearn.base import clone
@@ -65,32 +61,12 @@ import sklearn_cl3d
 from sklearn_cl3d import GlobalLocalPretrainer
 from sklearn_cl3d.losses import GlobalContrastiveLoss, LocalContrastiveLoss
 
-try:  # optional, for the current RSS and the total RAM
-    import psutil
-except ImportError:  # pragma: no cover
-    psutil = None
-
-GIB = 1024**3
 MIB = 1024**2
 N_PARTITIONS = 4
 SLICES_PER_PARTITION_2D = 8  # 2-D volumes have 4 x 8 = 32 slices
 
 
 # ---------------------------------------------------------------- helpers
-def _current_rss_bytes():
-    return None if psutil is None else int(psutil.Process().memory_info().rss)
-
-
-def _gib(n):
-    return None if n is None else n / GIB
-
-
-def _sync_fn(device):
-    if torch.device(device).type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
-
-
 def _resolve_device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -106,9 +82,7 @@ def _machine(device, threads):
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": _usable_cores(),
-        "total_ram_gib": (
-            None if psutil is None else psutil.virtual_memory().total / GIB
-        ),
+        "total_ram_gib": _gib(_total_ram_bytes()),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "sklearn_cl3d": sklearn_cl3d.__version__,
@@ -336,7 +310,7 @@ def _time_calls(fn, reps, sync):
 
 def bench_shares(est, batch_size, device, reps):
     """Augmentation and losses alone, on the fitted estimator's objects."""
-    sync = _sync_fn(device)
+    sync = _synchronizer(device)
     shape = tuple(est.network_input_shape_)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.rand((batch_size, *shape), device=device)
@@ -403,7 +377,7 @@ def _volumes(dims, size, n_volumes, seed):
 
 def run_config(cfg, dims, size, batch_size):
     device = cfg["device"]
-    sync = _sync_fn(device)
+    sync = _synchronizer(device)
     m = max(1, batch_size // N_PARTITIONS)
     n_volumes = max(2, 2 * m)
     X = _volumes(dims, size, n_volumes, seed=0)

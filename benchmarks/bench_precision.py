@@ -39,7 +39,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,11 +49,10 @@ import numpy as np
 import torch
 from _bench_common import (  # noqa: E402
     cpu_model as _cpu_model,
-)
-from _bench_common import (
+    gib,
     loadavg as _loadavg,
-)
-from _bench_common import (
+    peak_rss_bytes,
+    stats,
     usable_cores as _usable_cores,
 )
 from skorch.callbacks import Callback
@@ -62,38 +60,10 @@ from skorch.callbacks import Callback
 import sklearn_cl3d
 from sklearn_cl3d import YAwarePretrainer
 
-GIB = 1024**3
 BATCH = 8
 
 
 # ---------------------------------------------------------------- helpers
-def _peak_rss_gib():
-    """Peak RSS of this process's address space, in GiB.
-
-    On Linux ``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` would start
-    from the parent's peak in a child process (it survives fork and exec).
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / GIB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak if sys.platform == "darwin" else peak * 1024) / GIB
-
-
-def _stats(values):
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
 def _volumes(n, size, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, 1, size, size, size), dtype=np.float32)
@@ -147,7 +117,7 @@ def run_child(cfg):
     device = cfg["device"]
     X, age = _volumes(BATCH * (1 + cfg["memory_steps"]), cfg["size"])
     est = _estimator(cfg["backbone"], cfg["precision"], device)
-    rss_before = _peak_rss_gib()
+    rss_before = gib(peak_rss_bytes())
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     est.fit(X, age)
@@ -156,15 +126,15 @@ def run_child(cfg):
     out = {
         "losses": losses,
         "all_losses_finite": bool(np.isfinite(losses).all()),
-        "peak_rss_gib": _peak_rss_gib(),
+        "peak_rss_gib": gib(peak_rss_bytes()),
         "peak_rss_before_fit_gib": rss_before,
-        "peak_rss_increase_in_fit_gib": _peak_rss_gib() - rss_before,
+        "peak_rss_increase_in_fit_gib": gib(peak_rss_bytes()) - rss_before,
         "cuda_max_memory_allocated_gib": (
-            torch.cuda.max_memory_allocated() / GIB
+            gib(torch.cuda.max_memory_allocated())
             if torch.device(device).type == "cuda"
             else None
         ),
-        "dataset_gib": X.nbytes / GIB,
+        "dataset_gib": gib(X.nbytes),
     }
     print(json.dumps(out))
 
@@ -218,7 +188,7 @@ def measure_steps(backbone, precisions, cfg):
         "first_step_loss": {
             p: dict(ests[p].callbacks_)["first_loss"].loss_ for p in precisions
         },
-        "step_s": {p: _stats(times[p]) for p in precisions},
+        "step_s": {p: stats(times[p]) for p in precisions},
         "step_s_all": times,
         "timed_step_losses": losses,
         "all_timed_losses_finite": {

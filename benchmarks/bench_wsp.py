@@ -57,23 +57,12 @@ import torch
 import torch.nn.functional as F
 from _bench_common import (  # noqa: E402
     cpu_model as _cpu_model,
-)
-from _bench_common import (
     current_rss_bytes as _current_rss_bytes,
-)
-from _bench_common import (
     gib as _gib,
-)
-from _bench_common import (
     loadavg as _loadavg,
-)
-from _bench_common import (
     peak_rss_bytes as _peak_rss_bytes,
-)
-from _bench_common import (
     stats as _stats,
-)
-from _bench_common import (
+    total_ram_bytes as _total_ram_bytes,
     usable_cores as _usable_cores,
 )
 from sklearn.metrics.pairwise import rbf_kernel
@@ -84,12 +73,6 @@ from sklearn_cl3d import WSPPretrainer
 from sklearn_cl3d.losses import wsp_infonce
 from sklearn_cl3d.nn import TinyNet2D, resnet18_2d
 
-try:  # optional, for current RSS and total RAM
-    import psutil
-except ImportError:  # pragma: no cover
-    psutil = None
-
-GIB = 1024**3
 MIB = 1024**2
 BACKBONES = ("tinynet", "resnet18")
 #: the "small" slice size of each backbone (TinyNet needs >= 156 px)
@@ -604,9 +587,7 @@ def machine_info(cfg):
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": _usable_cores(),
-        "total_ram_gib": (
-            _gib(psutil.virtual_memory().total) if psutil is not None else None
-        ),
+        "total_ram_gib": _gib(_total_ram_bytes()),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,

@@ -43,26 +43,13 @@ import scipy.ndimage as ndi
 import torch
 from _bench_common import (  # noqa: E402
     cpu_model as _cpu_model,
-)
-from _bench_common import (
     current_rss_bytes as _current_rss_bytes,
-)
-from _bench_common import (
     gib as _gib,
-)
-from _bench_common import (
     loadavg as _loadavg,
-)
-from _bench_common import (
     peak_rss_bytes as _peak_rss_bytes,
-)
-from _bench_common import (
     stats as _stats,
-)
-from _bench_common import (
     synchronizer as _synchronizer,
-)
-from _bench_common import (
+    total_ram_bytes as _total_ram_bytes,
     usable_cores as _usable_cores,
 )
 from skorch.callbacks import Callback
@@ -72,12 +59,6 @@ from sklearn_cl3d import YAwarePretrainer
 from sklearn_cl3d._heap import cpu_heap_reuse
 from sklearn_cl3d.augment import ZScore, make_augmentation
 
-try:  # optional, for current RSS and total RAM
-    import psutil
-except ImportError:  # pragma: no cover
-    psutil = None
-
-GIB = 1024**3
 FULL_SHAPE = (121, 145, 121)  # the official input size (CAT12 VBM, 1.5 mm)
 
 # Reference numbers and targets (shared/specs/yaware.md, sections 3 and 8).
@@ -647,9 +628,7 @@ def machine_info(cfg):
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": _usable_cores(),
-        "total_ram_gib": (
-            _gib(psutil.virtual_memory().total) if psutil is not None else None
-        ),
+        "total_ram_gib": _gib(_total_ram_bytes()),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,

@@ -306,8 +306,7 @@ def test_zero_weight_column_gives_no_nan():
 
 
 def test_rbf_and_laplacian_match_formulas(rng):
-    from sklearn.metrics.pairwise import manhattan_distances
-    from sklearn.metrics.pairwise import rbf_kernel as sk_rbf
+    from sklearn.metrics.pairwise import manhattan_distances, rbf_kernel as sk_rbf
 
     y = rng.normal(size=(6, 2))
     np.testing.assert_allclose(
