@@ -84,6 +84,34 @@ def cpu_model():
     return name
 
 
+def machine(device, threads=None):
+    """What a benchmark's JSON records of the machine it ran on."""
+    import numpy as np
+
+    import sklearn_cl3d
+
+    if torch.device(device).type == "cuda":
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        device_name = cpu_model()
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "total_ram_gib": gib(total_ram_bytes()),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "sklearn_cl3d": sklearn_cl3d.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": device,
+        "device_name": device_name,
+        "torch_threads": torch.get_num_threads() if threads is None else threads,
+        "loadavg_at_start": loadavg(),
+    }
+
+
 def stats(values):
     """Summary statistics of a list of seconds."""
     if not values:
@@ -105,4 +133,3 @@ def synchronizer(device):
     if torch.device(device).type == "cuda":
         return torch.cuda.synchronize
     return lambda: None
-

@@ -39,7 +39,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,18 +49,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _bench_common import (  # noqa: E402
-    cpu_model as _cpu_model,
     current_rss_bytes as _current_rss_bytes,
     gib as _gib,
     loadavg as _loadavg,
+    machine as _machine,
     peak_rss_bytes as _peak_rss_bytes,
     stats as _stats,
     synchronizer as _synchronizer,
-    total_ram_bytes as _total_ram_bytes,
     usable_cores as _usable_cores,
 )
 
-import sklearn_cl3d
 from sklearn_cl3d import DrasCLREncoder
 from sklearn_cl3d.nn import DrasCLRNet
 from sklearn_cl3d.nn.functional import routing_gates
@@ -387,27 +384,9 @@ def bench_rss(cfg):
 
 # --------------------------------------------------------------- the rest
 def machine_info(cfg):
-    device = cfg["device"]
-    if torch.device(device).type == "cuda":
-        device_name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        device_name = _cpu_model()
     return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": _usable_cores(),
-        "total_ram_gib": _gib(_total_ram_bytes()),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "sklearn_cl3d": sklearn_cl3d.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "device": device,
-        "device_name": device_name,
-        "torch_threads": torch.get_num_threads(),
+        **_machine(cfg["device"]),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "loadavg_at_start": _loadavg(),
     }
 
 

@@ -35,7 +35,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,20 +43,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from _bench_common import (  # noqa: E402
-    cpu_model as _cpu_model,
     current_rss_bytes as _current_rss_bytes,
     gib as _gib,
     loadavg as _loadavg,
+    machine as _machine,
     peak_rss_bytes as _peak_rss_bytes,
     stats as _stats,
     synchronizer as _synchronizer,
-    total_ram_bytes as _total_ram_bytes,
     usable_cores as _usable_cores,
 )
 from sklearn.base import clone
 from skorch.callbacks import Callback
 
-import sklearn_cl3d
 from sklearn_cl3d import GlobalLocalPretrainer
 from sklearn_cl3d.losses import GlobalContrastiveLoss, LocalContrastiveLoss
 
@@ -75,26 +72,11 @@ def _resolve_device(name):
     return name
 
 
-def _machine(device, threads):
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": _usable_cores(),
-        "total_ram_gib": _gib(_total_ram_bytes()),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "sklearn_cl3d": sklearn_cl3d.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "device": device,
-        "device_name": (
-            torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
-        ),
-        "torch_threads": threads,
+def _machine_info(device, threads):
+    return {
+        **_machine(device, threads),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
     }
-    return info
 
 
 # ------------------------------------------------------ the plain baseline
@@ -556,7 +538,7 @@ def main(argv=None):
     out = {
         "benchmark": "bench_globallocal",
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "machine": _machine(device, threads),
+        "machine": _machine_info(device, threads),
         "config": cfg,
         "results": {},
     }

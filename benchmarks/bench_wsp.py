@@ -44,7 +44,6 @@ import datetime as _dt
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -56,19 +55,17 @@ import sklearn
 import torch
 import torch.nn.functional as F
 from _bench_common import (  # noqa: E402
-    cpu_model as _cpu_model,
     current_rss_bytes as _current_rss_bytes,
     gib as _gib,
     loadavg as _loadavg,
+    machine as _machine,
     peak_rss_bytes as _peak_rss_bytes,
     stats as _stats,
-    total_ram_bytes as _total_ram_bytes,
     usable_cores as _usable_cores,
 )
 from sklearn.metrics.pairwise import rbf_kernel
 from skorch.callbacks import Callback
 
-import sklearn_cl3d
 from sklearn_cl3d import WSPPretrainer
 from sklearn_cl3d.losses import wsp_infonce
 from sklearn_cl3d.nn import TinyNet2D, resnet18_2d
@@ -576,29 +573,11 @@ def bench_config(cfg, backbone, size):
 
 # --------------------------------------------------------------- the rest
 def machine_info(cfg):
-    device = cfg["device"]
-    if _is_cuda(device):
-        device_name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        device_name = _cpu_model()
     return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": _usable_cores(),
-        "total_ram_gib": _gib(_total_ram_bytes()),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
+        **_machine(cfg["device"]),
         "scipy": scipy.__version__,
         "sklearn": sklearn.__version__,
-        "sklearn_cl3d": sklearn_cl3d.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "device": device,
-        "device_name": device_name,
-        "torch_threads": torch.get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "loadavg_at_start": _loadavg(),
     }
 
 

@@ -30,8 +30,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -42,19 +40,17 @@ import scipy
 import scipy.ndimage as ndi
 import torch
 from _bench_common import (  # noqa: E402
-    cpu_model as _cpu_model,
     current_rss_bytes as _current_rss_bytes,
     gib as _gib,
     loadavg as _loadavg,
+    machine as _machine,
     peak_rss_bytes as _peak_rss_bytes,
     stats as _stats,
     synchronizer as _synchronizer,
-    total_ram_bytes as _total_ram_bytes,
     usable_cores as _usable_cores,
 )
 from skorch.callbacks import Callback
 
-import sklearn_cl3d
 from sklearn_cl3d import YAwarePretrainer
 from sklearn_cl3d._heap import cpu_heap_reuse
 from sklearn_cl3d.augment import ZScore, make_augmentation
@@ -617,29 +613,7 @@ def bench_step_repeats(cfg):
 
 
 def machine_info(cfg):
-    device = cfg["device"]
-    if torch.device(device).type == "cuda":
-        device_name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        device_name = _cpu_model()
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cores": _usable_cores(),
-        "total_ram_gib": _gib(_total_ram_bytes()),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "sklearn_cl3d": sklearn_cl3d.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "device": device,
-        "device_name": device_name,
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_at_start": _loadavg(),
-    }
-    return info
+    return {**_machine(cfg["device"]), "scipy": scipy.__version__}
 
 
 def evaluate(cfg, results):
