@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-_INTERP_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 # --------------------------------------------------------------------------
@@ -385,31 +384,14 @@ def _symmetric_index(n: int, pad: int, device) -> Tensor:
     return torch.where(pos >= n, 2 * n - 1 - pos, pos)
 
 
-def _symmetric_pad(x: Tensor, axis: int, pad: int) -> Tensor:
-    """``x`` extended by ``pad`` along ``axis`` on both sides, half-sample
-    symmetric (scipy.ndimage's ``'reflect'``).
-
-    Concatenates the mirrored edge slabs: much faster on CPU than an
-    ``index_select`` along the last axis. Pads longer than the axis
-    (repeated reflections) take the indexed path.
-    """
-    n = x.shape[axis]
-    if pad > n:
-        return x.index_select(axis, _symmetric_index(n, pad, x.device))
-    left = x.narrow(axis, 0, pad).flip(axis)
-    right = x.narrow(axis, n - pad, pad).flip(axis)
-    return torch.cat([left, x, right], dim=axis)
-
-
 def _gaussian_blur(
     x: Tensor, sigma: Tensor, truncate: float, out: Tensor | None = None
 ) -> Tensor:
     """Separable Gaussian blur with one isotropic ``sigma`` per sample.
 
-    Each sample is filtered along each spatial axis by accumulating shifted
-    slices of the symmetrically padded axis, weighted by its own kernel taps
-    (only the ``2 * radius + 1`` taps of that sample): on CPU this is several
-    times faster than a grouped convolution.
+    Each sample is filtered along each spatial axis by :func:`_blur_axis`
+    with its own ``2 * radius + 1`` kernel taps: on CPU this is several
+    times faster than a grouped convolution. ``out`` may be ``x``.
     """
     dtype = _compute_dtype(x)
     spatial = x.shape[2:]
@@ -456,7 +438,7 @@ def _blur_axis(x: Tensor, axis: int, weights, out: Tensor | None) -> Tensor:
     n = x.shape[axis]
     r = len(weights) // 2
     if r > n:
-        padded = _symmetric_pad(x, axis, r)
+        padded = x.index_select(axis, _symmetric_index(n, r, x.device))
         y = torch.mul(padded.narrow(axis, 0, n), weights[0], out=out)
         for t in range(1, 2 * r + 1):
             y.add_(padded.narrow(axis, t, n), alpha=weights[t])
