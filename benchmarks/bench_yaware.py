@@ -627,14 +627,24 @@ def evaluate(cfg, results):
         and not cfg["backbone_kwargs"]
     )
     on_cpu = torch.device(cfg["device"]).type == "cpu"
+    base = results.get("official_loop")
     if step is not None:
         note = None if paper_setup else "target is for DenseNet-121 at 64^3, 8 pairs"
+        step_note = note if on_cpu else "target is for the CPU"
+        if step_note is None and base is not None:
+            # the absolute target is the official code's time on the spec's
+            # machine; say what the same official-style loop takes here
+            step_note = (
+                "1.8 s is the official code on the spec's machine (AMD Zen 5); "
+                "the official-style loop takes "
+                f"{base['step_wall_s']['median']:.2f} s on this one, same run"
+            )
         checks["step_time"] = _check(
             step["step_wall_s"]["median"],
             TARGETS["step_time_s_max"],
             kind="max",
             applicable=paper_setup and on_cpu,
-            note=note if on_cpu else "target is for the CPU",
+            note=step_note,
         )
         checks["peak_rss"] = _check(
             step["memory"]["peak_rss_gib"],
@@ -643,7 +653,6 @@ def evaluate(cfg, results):
             applicable=paper_setup and on_cpu,
             note=note if on_cpu else "target is for the CPU",
         )
-        base = results.get("official_loop")
         if base is not None:
             checks["step_time_vs_official_loop"] = _check(
                 step["step_wall_s"]["median"] / base["step_wall_s"]["median"],
