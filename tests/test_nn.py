@@ -175,14 +175,13 @@ class _Counters:
             self.weight_grads.append(tuple(grad.shape))
             return grad
 
-        monkeypatch.setattr(_densenet, "_conv_weight_grad", weight_grad)
-
         def counting_checkpoint(*args, **kwargs):
             self.checkpoint.append(kwargs.get("use_reentrant"))
             return real_checkpoint(*args, **kwargs)
 
         monkeypatch.setattr(_densenet._DenseLayerFunction, "apply", apply)
         monkeypatch.setattr(_densenet, "checkpoint", counting_checkpoint)
+        monkeypatch.setattr(_densenet, "_conv_weight_grad", weight_grad)
 
 
 def _assert_same_run(ref, eff, x, train, exact=False):
@@ -239,7 +238,7 @@ def test_conv_weight_grad_is_the_backward_weight_gradient(spatial, kernel, paddi
     dims = len(spatial)
     x = torch.randn(3, 5, *spatial, generator=gen, dtype=torch.float64)
     weight = torch.randn(4, 5, *kernel, generator=gen, dtype=torch.float64)
-    conv = (F.conv3d if dims == 3 else F.conv2d)
+    conv = F.conv3d if dims == 3 else F.conv2d
     out_shape = conv(x, weight, padding=padding).shape
     grad_out = torch.randn(out_shape, generator=gen, dtype=torch.float64)
     # naive reference: dW[o, i, k] = sum_n sum_q grad_out[n, o, q] x_pad[n, i, q + k]
@@ -247,9 +246,8 @@ def test_conv_weight_grad_is_the_backward_weight_gradient(spatial, kernel, paddi
     x_pad = F.pad(x, pad)
     expected = torch.zeros_like(weight)
     for k in np.ndindex(*kernel):
-        window = x_pad[(slice(None), slice(None)) + tuple(
-            slice(k[a], k[a] + out_shape[2 + a]) for a in range(dims)
-        )]
+        spans = tuple(slice(k[a], k[a] + out_shape[2 + a]) for a in range(dims))
+        window = x_pad[(slice(None), slice(None), *spans)]
         expected[(slice(None), slice(None)) + k] = torch.einsum(
             "no...,ni...->oi", grad_out, window
         )

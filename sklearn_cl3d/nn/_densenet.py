@@ -100,9 +100,10 @@ def _weight_grad_as_convolution(conv, x) -> bool:
     """Whether :func:`_conv_weight_grad` computes ``conv``'s weight gradient.
 
     On the CPU, oneDNN's backward-weights kernel for a stride-1 3x3x3
-    convolution is 2-5 times slower than its forward kernel on the same
-    numbers (measured on AMD Zen 3 and Zen 4, batches of 2-16, 2^3 to
-    31x37x31 voxels); the identity below turns that gradient into a forward
+    convolution takes 1.1 to 5 times as long as its forward kernel on the
+    same numbers (measured on a 2-core AMD Zen 3, batches of 2-16, 2^3 to
+    31x37x31 voxels, 128 -> 32 channels); the identity in
+    :func:`_conv_weight_grad` turns that gradient into a forward
     convolution. Strided, dilated or grouped convolutions and other devices
     keep the backward kernel.
     """
@@ -446,10 +447,10 @@ class DenseNet3D(nn.Module):
           convolution runs twice, and this saves about a fifth of the peak
           memory of a DenseNet-121 step. On the CPU the weight gradient of
           the 3x3x3 convolution is computed as a forward convolution (batch
-          and channel axes swapped), which oneDNN runs 2-5 times faster than
-          its backward-weights kernel: a DenseNet-121 step at 64³ is about a
-          fifth faster than with plain autograd. Otherwise everything is
-          stored.
+          and channel axes swapped), which oneDNN runs up to 5 times faster
+          than its backward-weights kernel: a DenseNet-121 step at 64³ with
+          8 pairs took 19 % less time on a 2-core CPU. Otherwise everything
+          is stored.
         - True: as ``"auto"`` where it applies; elsewhere (autocast,
           SyncBatchNorm, ...) the concatenation-BN-ReLU-Conv1 bottleneck is
           recomputed by ``torch.utils.checkpoint`` (non-reentrant), which
