@@ -1,12 +1,4 @@
-"""How many labels does a pretrained encoder save? Label-efficiency curves.
-
-:func:`label_efficiency` scores fitted pretrainers (and a from-scratch
-baseline) on growing numbers of labelled subjects, with a linear probe on
-frozen features and with fine-tuning, on repeated stratified splits;
-:func:`label_efficiency_splits` exposes those splits and
-:func:`plot_label_efficiency` draws the mean score against the number of
-labels.
-"""
+"""Label-efficiency splits and scores (:func:`label_efficiency`)."""
 
 from __future__ import annotations
 
@@ -27,18 +19,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils.multiclass import type_of_target
 
-__all__ = [
-    "PROTOCOLS",
-    "label_efficiency",
-    "label_efficiency_splits",
-    "plot_label_efficiency",
-]
+from ._tables import _as_frame
 
 #: The evaluation protocols of :func:`label_efficiency`.
 PROTOCOLS = ("linear_probe", "fine_tune")
 
 _TASKS = ("auto", "classification", "regression", "segmentation")
-_COLUMNS = ("method", "protocol", "n_labels", "repeat", "scoring", "score")
 _SCRATCH = "from scratch"
 _MAX_SEED = np.iinfo(np.int32).max
 
@@ -319,7 +305,7 @@ default="auto"
 
 
 def _check_methods(pretrainers):
-    from .estimators import BaseContrastivePretrainer
+    from ..estimators import BaseContrastivePretrainer
 
     if isinstance(pretrainers, Mapping):
         items = list(pretrainers.items())
@@ -340,7 +326,7 @@ def _check_methods(pretrainers):
     methods = []
     for name, p in items:
         if isinstance(p, str | os.PathLike):
-            from ._persistence import load_pretrained
+            from .._persistence import load_pretrained
 
             p = load_pretrained(p)
         elif p is not None and not isinstance(p, BaseContrastivePretrainer):
@@ -410,10 +396,10 @@ def _fine_tuner(task, source, scratch_like, params, seed):
     """The estimator fine-tuned in one cell (unfitted)."""
     params = {**params, "random_state": seed}
     if task == "segmentation":
-        from .estimators import ContrastiveSegmenter
+        from ..estimators import ContrastiveSegmenter
 
         return ContrastiveSegmenter(pretrained=source, **params)
-    from .estimators import FineTunedClassifier, FineTunedRegressor
+    from ..estimators import FineTunedClassifier, FineTunedRegressor
 
     cls = FineTunedClassifier if task == "classification" else FineTunedRegressor
     if source is not None:
@@ -706,139 +692,3 @@ default=None
     if as_frame:
         return _as_frame(rows)
     return rows
-
-
-def _as_frame(rows):
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ImportError(
-            "as_frame=True needs pandas (pip install pandas); or use "
-            "as_frame=False for a list of dicts."
-        ) from None
-    return pd.DataFrame(rows, columns=list(_COLUMNS))
-
-
-# ------------------------------------------------------------------- plots
-
-
-def _records(results):
-    if hasattr(results, "to_dict") and hasattr(results, "columns"):
-        results = results.to_dict("records")
-    rows = list(results)
-    if not rows:
-        raise ValueError("results is empty.")
-    need = {"method", "protocol", "n_labels", "score"}
-    missing = need - set(rows[0])
-    if missing:
-        raise ValueError(
-            f"results lack the column(s) {sorted(missing)}; pass the output of "
-            "label_efficiency."
-        )
-    return rows
-
-
-def _summary(results):
-    """Mean and standard deviation of the score over repeats.
-
-    Returns a list of dicts (``method``, ``protocol``, ``n_labels``,
-    ``mean``, ``std``, ``n_repeats``) in the order of first appearance,
-    then by ``n_labels``; ``std`` is the population standard deviation
-    (``ddof=0``).
-    """
-    rows = _records(results)
-    groups = {}
-    for row in rows:
-        key = (row["method"], row["protocol"], int(row["n_labels"]))
-        groups.setdefault(key, []).append(float(row["score"]))
-    curves = dict.fromkeys((m, p) for m, p, _ in groups)
-    out = []
-    for m, p in curves:
-        for k in sorted(k for mm, pp, k in groups if (mm, pp) == (m, p)):
-            s = np.asarray(groups[m, p, k])
-            out.append(
-                {
-                    "method": m,
-                    "protocol": p,
-                    "n_labels": k,
-                    "mean": float(s.mean()),
-                    "std": float(s.std()),
-                    "n_repeats": len(s),
-                }
-            )
-    return out
-
-
-_PROTOCOL_LABELS = {"linear_probe": "linear probe", "fine_tune": "fine-tuning"}
-_LINESTYLES = ("-", "--", ":", "-.")
-
-
-def plot_label_efficiency(results, ax=None, *, ylabel=None):
-    """Plot the mean score against the number of labels, one curve per method
-    and protocol.
-
-    Each curve is the mean over repeats, with error bars of one standard
-    deviation over repeats (``ddof=0``). Methods get the colours of the
-    axes' cycle; protocols get line styles (linear probe solid, fine-tuning
-    dashed).
-
-    Parameters
-    ----------
-    results : list of dict or pandas.DataFrame
-        The output of :func:`label_efficiency`.
-    ax : matplotlib Axes, default=None
-        Where to draw; None makes a new figure.
-    ylabel : str, default=None
-        None uses the ``scoring`` column (e.g. ``"roc_auc"``).
-
-    Returns
-    -------
-    ax : matplotlib Axes
-        With one ``errorbar`` container (and legend entry) per (method,
-        protocol).
-
-    Examples
-    --------
-    >>> rows = [
-    ...     {"method": "A", "protocol": "linear_probe", "n_labels": n,
-    ...      "repeat": r, "scoring": "r2", "score": 0.1 * n + 0.01 * r}
-    ...     for n in (1, 2, 4) for r in range(3)]
-    >>> ax = plot_label_efficiency(rows)
-    >>> len(ax.containers)
-    1
-    """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError(
-            "plot_label_efficiency needs matplotlib: pip install matplotlib "
-            "(or the 'plot' extra of sklearn_cl3d)."
-        ) from None
-    rows = _records(results)
-    summary = _summary(rows)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.0, 3.6))
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    protocols = list(dict.fromkeys(s["protocol"] for s in summary))
-    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    for m, p in dict.fromkeys((s["method"], s["protocol"]) for s in summary):
-        sel = [s for s in summary if s["method"] == m and s["protocol"] == p]
-        ax.errorbar(
-            [s["n_labels"] for s in sel],
-            [s["mean"] for s in sel],
-            yerr=[s["std"] for s in sel],
-            color=colors[methods.index(m) % len(colors)],
-            linestyle=_LINESTYLES[protocols.index(p) % len(_LINESTYLES)],
-            marker="o",
-            markersize=4,
-            capsize=3,
-            label=f"{m}, {_PROTOCOL_LABELS.get(p, p)}",
-        )
-    ax.set_xticks(sorted({s["n_labels"] for s in summary}))
-    ax.set_xlabel("labelled training subjects")
-    if ylabel is None:
-        names = list(dict.fromkeys(str(r.get("scoring", "score")) for r in rows))
-        ylabel = names[0] if len(names) == 1 else "score"
-    ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, fontsize=8)
-    return ax
