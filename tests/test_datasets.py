@@ -240,8 +240,37 @@ def test_brain_bad_parameters(kwargs, name):
 
 
 def test_brain_resolution_message_lists_choices():
-    with pytest.raises(ValueError, match="2 or 4"):
-        make_brain_cohort(2, resolution=8)
+    with pytest.raises(ValueError, match="2, 4 or 8"):
+        make_brain_cohort(2, resolution=3)
+
+
+def test_brain_8mm_is_the_4mm_cohort_block_averaged():
+    fine = make_brain_cohort(3, resolution=4, random_state=1)
+    coarse = make_brain_cohort(3, resolution=8, random_state=1)
+    assert coarse.volumes.shape == (3, 1, 25, 30, 24)
+    v = np.pad(fine.volumes[:, 0], [(0, 0), (0, 0), (0, 1), (0, 0)])
+    expected = v.reshape(3, 25, 2, 30, 2, 24, 2).mean(axis=(2, 4, 6))
+    np.testing.assert_allclose(coarse.volumes[:, 0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(coarse.age, fine.age)
+    # voxel (0, 0, 0) of 8 mm is the centre of the 4 mm voxels 0 and 1
+    centre = fine.affine @ np.array([0.5, 0.5, 0.5, 1.0])
+    np.testing.assert_allclose(coarse.affine[:3, 3], centre[:3])
+    np.testing.assert_allclose(np.diag(coarse.affine)[:3], 2 * np.diag(fine.affine)[:3])
+
+
+def test_brain_gm_modality_is_the_grey_matter_of_the_same_subjects():
+    t1 = make_brain_cohort(4, resolution=4, random_state=2)
+    gm = make_brain_cohort(4, resolution=4, random_state=2, modality="GM")
+    assert gm.modality == "GM" and t1.modality == "T1w"
+    np.testing.assert_array_equal(gm.age, t1.age)
+    assert gm.volumes.min() >= 0.0 and gm.volumes.max() <= 1.0
+    # same brain (skull-stripped) support, site-free values
+    np.testing.assert_array_equal(gm.volumes > 0, (t1.volumes > 0) & (gm.volumes > 0))
+    # total GM of the map matches the true GM volume (4 mm voxels: 0.064 ml)
+    total = gm.volumes.reshape(4, -1).sum(axis=1) * 0.064
+    np.testing.assert_allclose(total, gm.gm_ml, rtol=0.05)
+    with pytest.raises(ValueError, match="modality"):
+        make_brain_cohort(2, modality="T2w")
 
 
 # --------------------------------------------------------------------------
