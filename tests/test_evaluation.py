@@ -1,19 +1,24 @@
-"""label_efficiency, its splits and its plot."""
+"""label_efficiency, its splits, seeds and methods, its summary and its plot."""
 
 import numpy as np
 import pytest
+from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from sklearn_cl3d import FineTunedClassifier, SimCLRPretrainer, YAwarePretrainer
 from sklearn_cl3d.evaluation import (
+    _summary,
     label_efficiency,
     label_efficiency_splits,
+    paired_differences,
     plot_label_efficiency,
+    pretrain_seeds,
+    summarize,
 )
 
 FT = {"max_epochs": 2, "batch_size": 8, "device": "cpu"}
@@ -58,8 +63,10 @@ def test_schema_and_counts(table, encoders, data):
     assert len(table) == (2 * 2 + 1) * 2 * 2
     for row in table:
         assert list(row) == [
-            "method", "protocol", "n_labels", "repeat", "scoring", "score"
+            "method", "protocol", "n_labels", "repeat", "seed", "scoring", "score"
         ]  # fmt: skip
+        # a single pretrainer's seed is its random_state; None has no seed
+        assert row["seed"] == (None if row["method"] == "scratch" else 0)
         assert row["scoring"] == "roc_auc"
         assert 0.0 <= row["score"] <= 1.0
     keys = [(r["method"], r["protocol"], r["n_labels"], r["repeat"]) for r in table]
@@ -97,8 +104,9 @@ def test_list_input_names_and_frame(encoders, data):
         as_frame=True,
     )
     assert list(frame.columns) == [
-        "method", "protocol", "n_labels", "repeat", "scoring", "score"
+        "method", "protocol", "n_labels", "repeat", "seed", "scoring", "score"
     ]  # fmt: skip
+    assert frame["seed"].tolist() == [0, 0]
     # no covariates: "from scratch" has no linear-probe rows
     assert frame["method"].tolist() == ["SimCLRPretrainer", "SimCLRPretrainer (2)"]
     assert frame["score"].iloc[0] == frame["score"].iloc[1]
@@ -333,6 +341,10 @@ def test_plot_one_line_per_method_and_protocol(table):
         == ("y-Aware", "linear_probe", 10)
     ]
     assert line.get_ydata()[0] == pytest.approx(np.mean(scores))
+    # the error bar is one sample standard deviation (ddof=1)
+    (segment, *_) = ax.containers[0].lines[2][0].get_segments()
+    half = (segment[1, 1] - segment[0, 1]) / 2
+    assert half == pytest.approx(np.std(scores, ddof=1))
     _, given = plt.subplots()
     assert plot_label_efficiency(table, ax=given, ylabel="AUC") is given
     assert given.get_ylabel() == "AUC"
@@ -340,4 +352,263 @@ def test_plot_one_line_per_method_and_protocol(table):
         plot_label_efficiency([])
     with pytest.raises(ValueError, match="lack the column"):
         plot_label_efficiency([{"method": "a"}])
+    # a single score per point: no error bar (its sd is NaN)
+    single = [r for r in table if r["repeat"] == 0]
+    ax = plot_label_efficiency(single)
+    (segment, *_) = ax.containers[0].lines[2][0].get_segments()
+    assert segment[0, 1] == segment[1, 1]
     plt.close("all")
+
+
+# ----------------------------------------------------------- seeds, methods
+
+
+@pytest.fixture(scope="module")
+def simclr_seeds(data):
+    X, _, _ = data
+    est = SimCLRPretrainer(backbone="mlp", batch_size=16, device="cpu", max_epochs=1)
+    return pretrain_seeds(est, X, seeds=[0, 1])
+
+
+def test_pretrain_seeds_fits_clones(data):
+    X, _, age = data
+    est = YAwarePretrainer(backbone="mlp", batch_size=16, device="cpu", max_epochs=1)
+    fits = pretrain_seeds(est, X, age, seeds=2)
+    assert [f.random_state for f in fits] == [0, 1]
+    assert all(f is not est and f.initialized_ for f in fits)
+    assert not hasattr(est, "initialized_") or not est.initialized_
+    # the seeds give different encoders, the same seed the same one
+    F0, F1 = (f.transform(X) for f in fits)
+    assert not np.allclose(F0, F1)
+    (again,) = pretrain_seeds(est, X, age, seeds=[1])
+    np.testing.assert_allclose(again.transform(X), F1, rtol=1e-5, atol=1e-6)
+    # any estimator with random_state; fit_params are passed on
+    pca = pretrain_seeds(PCA(2, svd_solver="randomized"), X, seeds=(3, 5))
+    assert [p.random_state for p in pca] == [3, 5]
+    for seeds, match in [
+        (0, "at least 1"),
+        ([], "empty"),
+        ([1, 1], "duplicates"),
+        ([0, -1], "non-negative"),
+        ([0.5], "non-negative ints"),
+        ("ab", "non-negative ints"),
+        (None, "int or a sequence"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            pretrain_seeds(PCA(2), X, seeds=seeds)
+    with pytest.raises(ValueError, match="no random_state parameter"):
+        pretrain_seeds(StandardScaler(), X)
+
+
+def test_a_list_of_seeds_is_one_method(encoders, simclr_seeds, data):
+    rows = _run(
+        encoders,
+        data,
+        methods={"SimCLR": simclr_seeds},
+        n_labels=[10],
+        fine_tune_params={**FT, "max_epochs": 1},
+    )
+    # 2 protocols x 1 n x 2 repeats x 2 seeds; seeds vary fastest
+    assert [(r["protocol"], r["repeat"], r["seed"]) for r in rows] == [
+        (p, r, s) for p in ("linear_probe", "fine_tune") for r in (0, 1) for s in (0, 1)
+    ]
+    assert {r["method"] for r in rows} == {"SimCLR"}
+    # each seed's rows are those of that fit alone, on the same splits
+    for seed, fit in enumerate(simclr_seeds):
+        alone = _run(
+            encoders,
+            data,
+            methods={"SimCLR": fit},
+            n_labels=[10],
+            fine_tune_params={**FT, "max_epochs": 1},
+        )
+        assert [r for r in rows if r["seed"] == seed] == alone
+    # the two seeds give different linear probes
+    probe = [r["score"] for r in rows if r["protocol"] == "linear_probe"]
+    assert probe[0] != probe[1]
+
+
+def test_seed_values(encoders, simclr_seeds, data):
+    X, _, age = data
+    common = dict(backbone="mlp", batch_size=16, device="cpu", max_epochs=1)
+    unseeded = [SimCLRPretrainer(**common).fit(X) for _ in range(2)]
+    kwargs = dict(n_labels=[10], n_repeats=1, protocols="linear_probe")
+
+    def seeds(methods, **extra):
+        rows = _run(encoders, data, methods=methods, **kwargs, **extra)
+        return [(r["method"], r["seed"]) for r in rows]
+
+    # positions when random_state is not an int; a single one gets 0
+    assert seeds({"a": unseeded, "b": unseeded[0]}) == [
+        ("a", 0), ("a", 1), ("b", 0)
+    ]  # fmt: skip
+    # random_state when it is an int, in the order of the list
+    assert seeds({"a": simclr_seeds[::-1]}) == [("a", 1), ("a", 0)]
+    assert seeds((simclr_seeds, None), covariates=age) == [
+        ("SimCLRPretrainer", 0), ("SimCLRPretrainer", 1), ("from scratch", None)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"several fits with seed\(s\) \[0\]"):
+        seeds({"a": [simclr_seeds[0], simclr_seeds[0]]})
+    with pytest.raises(ValueError, match=r"several fits with seed\(s\) \[1\]"):
+        seeds({"a": [simclr_seeds[1], unseeded[0]]})
+    with pytest.raises(ValueError, match="empty list"):
+        seeds({"a": []})
+    with pytest.raises(ValueError, match=r"pretrainers\['a'\]\[1\] is None"):
+        seeds({"a": [simclr_seeds[0], None]})
+    pca = PCA(2).fit(X)
+    with pytest.raises(ValueError, match="mixes pretrainers and other"):
+        seeds({"a": [simclr_seeds[0], pca]})
+    raw = SimCLRPretrainer(**common)
+    with pytest.raises(NotFittedError, match=r"pretrainers\['a'\]\[1\]"):
+        seeds({"a": [simclr_seeds[0], raw]})
+
+
+def test_a_fitted_transformer_is_a_probe_method(encoders, data):
+    X, y, age = data
+    pca = make_pipeline(StandardScaler(), PCA(3)).fit(X)
+    rows = _run(
+        encoders,
+        data,
+        methods={"PCA": pca, "SimCLR": encoders["SimCLR"]},
+        n_labels=[20],
+        covariates=age,
+        fine_tune_params={**FT, "max_epochs": 1},
+    )
+    # the transformer has linear-probe rows only; the pretrainer both
+    assert [(r["method"], r["protocol"], r["seed"]) for r in rows] == [
+        ("PCA", "linear_probe", None),
+        ("PCA", "linear_probe", None),
+        ("SimCLR", "linear_probe", 0),
+        ("SimCLR", "linear_probe", 0),
+        ("SimCLR", "fine_tune", 0),
+        ("SimCLR", "fine_tune", 0),
+    ]
+    # the probe sees [transform(X), covariates]
+    (cell,) = [
+        s
+        for s in label_efficiency_splits(y, 20, n_repeats=2, random_state=0)
+        if s["repeat"] == 1
+    ]
+    F = np.c_[pca.transform(X), age]
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    probe.fit(F[cell["train"]], y[cell["train"]])
+    expected = roc_auc_score(y[cell["test"]], probe.decision_function(F[cell["test"]]))
+    assert rows[1]["score"] == pytest.approx(expected, abs=1e-12)
+    # an int random_state is the seed; a list of transformers is seeded too
+    kwargs = dict(n_labels=[20], n_repeats=1, protocols="linear_probe")
+    seeded = PCA(3, svd_solver="randomized", random_state=7).fit(X)
+    fits = pretrain_seeds(PCA(3, svd_solver="randomized"), X, seeds=2)
+    rows = _run(encoders, data, methods={"a": seeded, "b": fits}, **kwargs)
+    assert [(r["method"], r["seed"]) for r in rows] == [("a", 7), ("b", 0), ("b", 1)]
+    # a one-column transform is a feature
+    first = FunctionTransformer(lambda A: A[:, 0]).fit(X)
+    (row,) = _run(encoders, data, methods={"x0": first}, **kwargs)
+    assert row["score"] > 0.5
+    # only fine-tuning: a transformer has nothing to do
+    with pytest.raises(ValueError, match="Nothing to evaluate"):
+        _run(encoders, data, methods={"PCA": pca}, protocols="fine_tune")
+    with pytest.raises(NotFittedError, match=r"pretrainers\['PCA 50%'\]"):
+        _run(encoders, data, methods={"PCA 50%": PCA(2)}, **kwargs)
+    bad = FunctionTransformer(lambda A: A[:5]).fit(X)
+    with pytest.raises(ValueError, match="gave shape"):
+        _run(encoders, data, methods={"bad": bad}, **kwargs)
+
+
+def test_paired_differences_of_a_table(encoders, simclr_seeds, data):
+    _, _, age = data
+    rows = _run(
+        encoders,
+        data,
+        methods={"age": None, "SimCLR": simclr_seeds, "y-Aware": encoders["y-Aware"]},
+        protocols="linear_probe",
+        covariates=age,
+        n_repeats=3,
+    )
+    out = paired_differences(rows, "SimCLR", n_bootstrap=200, random_state=0)
+    assert [(d["method"], d["n_labels"]) for d in out] == [
+        ("age", 10), ("age", 20), ("y-Aware", 10), ("y-Aware", 20)
+    ]  # fmt: skip
+    # "age" has no seed: paired with both seeds; y-Aware (seed 0): seed 0 only
+    assert [(d["seeds"], d["n_splits"]) for d in out] == [
+        ([0, 1], 3), ([0, 1], 3), ([0], 3), ([0], 3)
+    ]  # fmt: skip
+    score = {
+        (r["method"], r["n_labels"], r["repeat"], r["seed"]): r["score"] for r in rows
+    }
+    expected = [
+        [score["y-Aware", 20, r, 0] - score["SimCLR", 20, r, 0] for r in range(3)]
+    ]
+    np.testing.assert_allclose(out[3]["differences"], expected)
+
+
+# ----------------------------------------------------------------- summary
+
+
+def test_summarize_uses_ddof_1(encoders, simclr_seeds, data):
+    _, _, age = data
+    rows = _run(
+        encoders,
+        data,
+        methods={"SimCLR": simclr_seeds, "age": None},
+        protocols="linear_probe",
+        covariates=age,
+        n_repeats=3,
+    )
+    summary = summarize(rows)
+    assert _summary is summarize
+    assert [(s["method"], s["n_labels"]) for s in summary] == [
+        ("SimCLR", 10), ("SimCLR", 20), ("age", 10), ("age", 20)
+    ]  # fmt: skip
+    for s in summary:
+        scores = [
+            r["score"]
+            for r in rows
+            if (r["method"], r["n_labels"]) == (s["method"], s["n_labels"])
+        ]
+        assert s["mean"] == pytest.approx(np.mean(scores))
+        assert s["std"] == pytest.approx(np.std(scores, ddof=1))
+        assert s["n"] == len(scores)
+        assert s["n_repeats"] == 3
+        assert s["n_seeds"] == (2 if s["method"] == "SimCLR" else 1)
+    assert list(summary[0]) == [
+        "method", "protocol", "n_labels", "mean", "std", "n", "n_seeds", "n_repeats"
+    ]  # fmt: skip
+    # one score: no spread
+    (one,) = summarize([{**rows[0]}])
+    assert np.isnan(one["std"]) and one["n"] == 1
+    # rows without repeat or seed columns
+    bare = [
+        {"method": "m", "protocol": "p", "n_labels": 5, "score": v} for v in (1, 2, 4)
+    ]
+    (s,) = summarize(bare)
+    assert (s["n"], s["n_seeds"], s["n_repeats"]) == (3, 1, 3)
+    assert s["std"] == pytest.approx(np.std([1, 2, 4], ddof=1))
+    with pytest.raises(ValueError, match="empty"):
+        summarize([])
+    with pytest.raises(ValueError, match="lack the column"):
+        summarize([{"method": "m", "protocol": "p", "n_labels": 5}])
+
+
+def test_summarize_and_frames(encoders, simclr_seeds, data):
+    pd = pytest.importorskip("pandas")
+    _, _, age = data
+    frame = _run(
+        encoders,
+        data,
+        methods={"SimCLR": simclr_seeds, "age": None},
+        protocols="linear_probe",
+        covariates=age,
+        as_frame=True,
+    )
+    assert frame["seed"].dtype == object
+    assert frame["seed"].tolist() == [0, 1] * 4 + [None] * 4
+    rows = frame.to_dict("records")
+    assert summarize(frame) == summarize(rows)
+    summary = summarize(frame, as_frame=True)
+    assert isinstance(summary, pd.DataFrame) and len(summary) == 4
+    # a frame built by pandas itself (seed as floats with NaN) pairs the same
+    plain = pd.DataFrame(rows)
+    assert plain["seed"].dtype == np.float64
+    assert paired_differences(
+        plain, "age", n_bootstrap=100, random_state=0
+    ) == paired_differences(rows, "age", n_bootstrap=100, random_state=0)

@@ -1,20 +1,33 @@
 """How many labels does a pretrained encoder save? Label-efficiency curves.
 
-:func:`label_efficiency` scores fitted pretrainers (and a from-scratch
-baseline) on growing numbers of labelled subjects, with a linear probe on
-frozen features and with fine-tuning, on repeated stratified splits;
+:func:`label_efficiency` scores fitted pretrainers (one or several
+pretraining seeds each), fitted transformers and a from-scratch baseline on
+growing numbers of labelled subjects, with a linear probe on frozen features
+and with fine-tuning, on repeated stratified shuffle splits;
 :func:`label_efficiency_splits` exposes those splits and
+:func:`pretrain_seeds` fits one method with several seeds.
+:func:`summarize` gives the mean and standard deviation of each curve point,
+:func:`paired_differences` the differences to a reference method, paired by
+split and seed, with bootstrap confidence intervals, and
 :func:`plot_label_efficiency` draws the mean score against the number of
 labels.
 """
 
-from ._label_efficiency import PROTOCOLS, label_efficiency, label_efficiency_splits
+from ._label_efficiency import (
+    PROTOCOLS,
+    label_efficiency,
+    label_efficiency_splits,
+    pretrain_seeds,
+)
 from ._plot import plot_label_efficiency
-from ._statistics import _summary as _summary
+from ._statistics import _summary as _summary, paired_differences, summarize
 
 __all__ = [
     "PROTOCOLS",
     "label_efficiency",
     "label_efficiency_splits",
+    "paired_differences",
     "plot_label_efficiency",
+    "pretrain_seeds",
+    "summarize",
 ]

@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted
 
 from ._tables import _as_frame
 
@@ -304,15 +305,59 @@ default="auto"
     return out
 
 
-def _check_methods(pretrainers):
+def _int_seed(est):
+    """The estimator's ``random_state`` when it is an int, else None."""
+    seed = getattr(est, "random_state", None)
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return int(seed)
+    return None
+
+
+def _check_method(p, where):
+    """``(kind, estimator)`` of one fitted method; kind is "pretrainer" or
+    "transformer"."""
     from ..estimators import BaseContrastivePretrainer
 
+    if isinstance(p, str | os.PathLike):
+        from .._persistence import load_pretrained
+
+        p = load_pretrained(p)
+    if isinstance(p, BaseContrastivePretrainer):
+        if not getattr(p, "initialized_", False):
+            raise NotFittedError(
+                f"{where} ({type(p).__name__}) is not fitted: label_efficiency "
+                "evaluates fitted pretrainers (fit them first)."
+            )
+        return "pretrainer", p
+    if callable(getattr(p, "transform", None)) and callable(getattr(p, "fit", None)):
+        # %(name)s is check_is_fitted's placeholder; escape the user's %
+        label = where.replace("%", "%%")
+        check_is_fitted(
+            p,
+            msg=f"{label} (%(name)s) is not fitted: label_efficiency uses "
+            "fitted transformers as they are (fit it first, e.g. on the "
+            "unlabelled subjects).",
+        )
+        return "transformer", p
+    raise TypeError(
+        f"{where} must be a fitted pretrainer of sklearn_cl3d, a fitted "
+        "scikit-learn transformer (an object with fit and transform, for the "
+        "linear probe), the directory of a saved encoder, a list of fits of one "
+        f"method with different seeds, or None (no pretraining); got "
+        f"{type(p).__name__}."
+    )
+
+
+def _check_methods(pretrainers):
+    """``[(name, kind, [(seed, estimator), ...]), ...]``; kind is
+    "pretrainer", "transformer" or "none"."""
     if isinstance(pretrainers, Mapping):
         items = list(pretrainers.items())
     elif isinstance(pretrainers, list | tuple):
         items, seen = [], {}
         for p in pretrainers:
-            base = _SCRATCH if p is None else type(p).__name__
+            first = p[0] if isinstance(p, list | tuple) and len(p) else p
+            base = _SCRATCH if first is None else type(first).__name__
             seen[base] = seen.get(base, 0) + 1
             name = base if seen[base] == 1 else f"{base} ({seen[base]})"
             items.append((name, p))
@@ -325,23 +370,154 @@ def _check_methods(pretrainers):
         raise ValueError("pretrainers is empty: give at least one method.")
     methods = []
     for name, p in items:
-        if isinstance(p, str | os.PathLike):
-            from .._persistence import load_pretrained
-
-            p = load_pretrained(p)
-        elif p is not None and not isinstance(p, BaseContrastivePretrainer):
-            raise TypeError(
-                f"pretrainers[{name!r}] must be a fitted pretrainer of "
-                "sklearn_cl3d, the directory of a saved encoder, or None (from "
-                f"scratch); got {type(p).__name__}."
+        where = f"pretrainers[{name!r}]"
+        if p is None:
+            methods.append((str(name), "none", [(None, None)]))
+            continue
+        if not isinstance(p, list | tuple):
+            kind, est = _check_method(p, where)
+            seed = _int_seed(est)
+            if seed is None and kind == "pretrainer":
+                seed = 0
+            methods.append((str(name), kind, [(seed, est)]))
+            continue
+        # the same method pretrained with several seeds
+        if not p:
+            raise ValueError(
+                f"{where} is an empty list: give the fits of that method (one "
+                "per pretraining seed)."
             )
-        if p is not None and not getattr(p, "initialized_", False):
-            raise NotFittedError(
-                f"pretrainers[{name!r}] ({type(p).__name__}) is not fitted: "
-                "label_efficiency evaluates fitted pretrainers (fit them first)."
+        kinds, entries = set(), []
+        for i, q in enumerate(p):
+            if q is None:
+                raise ValueError(
+                    f"{where}[{i}] is None: a list holds fits of one method "
+                    "with different seeds; give None (no pretraining) as a "
+                    "method of its own."
+                )
+            kind, est = _check_method(q, f"{where}[{i}]")
+            kinds.add(kind)
+            seed = _int_seed(est)
+            entries.append((i if seed is None else seed, est))
+        if len(kinds) > 1:
+            raise ValueError(
+                f"{where} mixes pretrainers and other transformers: a list "
+                "holds fits of one method with different seeds."
             )
-        methods.append((str(name), p))
+        seeds = [seed for seed, _ in entries]
+        twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if twice:
+            raise ValueError(
+                f"{where} holds several fits with seed(s) {twice} (a fit's "
+                "seed is its random_state when that is an int, else its "
+                "position in the list): fit each with its own random_state, "
+                "e.g. with pretrain_seeds."
+            )
+        methods.append((str(name), kinds.pop(), entries))
     return methods
+
+
+def _check_seeds(seeds):
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"seeds must be at least 1; got {seeds!r}.")
+        return list(range(int(seeds)))
+    try:
+        values = list(seeds)
+    except TypeError:
+        raise ValueError(
+            f"seeds must be an int or a sequence of ints; got {seeds!r}."
+        ) from None
+    if not values:
+        raise ValueError("seeds is empty: give at least one seed.")
+    for s in values:
+        if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 0:
+            raise ValueError(
+                f"seeds must hold non-negative ints; got {s!r} in {seeds!r}."
+            )
+    values = [int(s) for s in values]
+    if len(set(values)) < len(values):
+        raise ValueError(f"seeds has duplicates: {values}.")
+    return values
+
+
+def pretrain_seeds(estimator, X, y=None, *, seeds=3, **fit_params):
+    """Fit one estimator with several seeds: one fit per pretraining seed.
+
+    The fits are ``clone(estimator).set_params(random_state=s)``, fitted on
+    the same data, for each seed ``s``. Give the list to
+    :func:`label_efficiency` as one method, so that the scores cover the
+    variation due to pretraining, and :func:`paired_differences` pairs them
+    by seed with other methods fitted with the same seeds.
+
+    Parameters
+    ----------
+    estimator : estimator
+        An estimator with a ``random_state`` parameter, e.g. a pretrainer of
+        sklearn_cl3d (never fitted or changed itself).
+    X : array-like or list
+        The training inputs (e.g. the unlabelled volumes).
+    y : array-like, default=None
+        The second argument of ``fit`` when not None (e.g. the age proxy of
+        :class:`~sklearn_cl3d.YAwarePretrainer`).
+    seeds : int or sequence of int, default=3
+        ``n`` gives the seeds ``0, 1, ..., n - 1``; a sequence gives them
+        explicitly (distinct non-negative ints).
+    **fit_params : dict
+        Passed to every ``fit``.
+
+    Returns
+    -------
+    fits : list of estimator
+        One fitted clone per seed, in the order of the seeds; the seed of a
+        fit is its ``random_state``.
+
+    Raises
+    ------
+    ValueError
+        If ``estimator`` has no ``random_state`` parameter or ``seeds`` is
+        not a positive int or a sequence of distinct non-negative ints.
+
+    See Also
+    --------
+    label_efficiency : takes the list as one method.
+    paired_differences : compares methods paired by seed and split.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.decomposition import PCA
+    >>> X = np.random.default_rng(0).normal(size=(30, 5))
+    >>> fits = pretrain_seeds(
+    ...     PCA(n_components=2, svd_solver="randomized"), X, seeds=[0, 7])
+    >>> [fit.random_state for fit in fits]
+    [0, 7]
+    >>> fits[1].transform(X).shape
+    (30, 2)
+
+    With a pretrainer (here a tiny one on tabular data)::
+
+        yaware = pretrain_seeds(
+            YAwarePretrainer(sigma=5.0), X_unlabelled, age_unlabelled, seeds=3
+        )
+        label_efficiency({"y-Aware": yaware, ...}, X_labelled, diagnosis, ...)
+    """
+    if not hasattr(estimator, "get_params") or "random_state" not in (
+        estimator.get_params(deep=False)
+    ):
+        raise ValueError(
+            f"estimator ({type(estimator).__name__}) has no random_state "
+            "parameter: pretrain_seeds sets it to each seed."
+        )
+    fits = []
+    for seed in _check_seeds(seeds):
+        est = clone(estimator).set_params(random_state=seed)
+        if y is None:
+            est.fit(X, **fit_params)
+        else:
+            est.fit(X, y, **fit_params)
+        fits.append(est)
+    return fits
 
 
 def _check_protocols(protocols, task):
@@ -414,6 +590,24 @@ def _fine_tuner(task, source, scratch_like, params, seed):
     return est
 
 
+def _probe_features(name, source, X, n, covariates):
+    """The probe's input: the frozen features, then the covariates."""
+    blocks = []
+    if source is not None:
+        F = np.asarray(source.transform(X), dtype=np.float64)
+        if F.ndim == 1:
+            F = F[:, None]
+        if F.ndim != 2 or len(F) != n:
+            raise ValueError(
+                f"The transform of pretrainers[{name!r}] gave shape {F.shape}; "
+                f"the linear probe needs ({n}, n_features)."
+            )
+        blocks.append(F)
+    if covariates is not None:
+        blocks.append(covariates)
+    return np.hstack(blocks)
+
+
 def _run_probe(probe, F, y, train, test, scorer):
     est = clone(probe).fit(F[train], y[train])
     return float(scorer(est, F[test], y[test]))
@@ -455,8 +649,10 @@ def label_efficiency(
 ):
     """Score pretrained encoders against the number of labelled subjects.
 
-    For every method (a fitted pretrainer, or None for no pretraining),
-    protocol, number of labels ``n`` and repeat ``r``, an estimator is
+    For every method (a fitted pretrainer, several fits of one with
+    different pretraining seeds, a fitted transformer, or None for no
+    pretraining), protocol, number of labels ``n`` and repeat ``r``, an
+    estimator is
     trained on ``n`` labelled subjects drawn from the training part of split
     ``r`` and scored on the test part of that split. Every method and
     protocol sees the same subjects in a given (``r``, ``n``) cell, so the
@@ -489,15 +685,43 @@ def label_efficiency(
       segmentation the estimator is a
       :class:`~sklearn_cl3d.ContrastiveSegmenter` (``pretrained=None`` for
       a ``None`` method; give the U-Net's ``dims``, ``channels``, ... in
-      ``fine_tune_params``).
+      ``fine_tune_params``). The fine-tuning seed is the cell's (shared by
+      the methods and the pretraining seeds).
+
+    Pretraining seeds: a method given as a list (or tuple) of fitted
+    pretrainers, the same method pretrained with different seeds (see
+    :func:`pretrain_seeds`), is evaluated with each of them on every cell,
+    and every row records its ``seed``:
+
+    - a fit in such a list: its ``random_state`` when it is an int, else
+      its position in the list (two fits with the same seed are refused);
+    - a single pretrainer: its ``random_state`` when it is an int, else 0;
+    - a fitted transformer: its ``random_state`` when it is an int, else
+      None;
+    - None (no pretraining): None.
+
+    :func:`paired_differences` pairs rows by ``repeat`` and ``seed``.
+
+    Fitted transformers: any fitted object with ``fit`` and ``transform``
+    that is not a pretrainer of sklearn_cl3d (e.g. a
+    :class:`~sklearn.pipeline.Pipeline` ending in a
+    :class:`~sklearn.decomposition.PCA` fitted on the unlabelled subjects,
+    or a brain-age regression whose ``transform`` gives the predicted age)
+    is a method for the linear probe only: its ``transform(X)`` output
+    (2-D, or 1-D for one feature) replaces the frozen features. It has no
+    network to fine-tune, so it has no ``"fine_tune"`` rows (pretrainers
+    are never skipped). It must be fitted
+    (:func:`~sklearn.utils.validation.check_is_fitted` passes).
 
     Parameters
     ----------
     pretrainers : dict or list
-        ``{name: method}`` or a list of methods (named after their class;
-        ``"from scratch"`` for None). A method is a fitted pretrainer (never
-        changed), the directory of an encoder saved with ``save_pretrained``
-        or None (no pretraining).
+        ``{name: method}`` or a list of methods (named after their class,
+        or the class of their first fit; ``"from scratch"`` for None). A
+        method is a fitted pretrainer (never changed), the directory of an
+        encoder saved with ``save_pretrained``, a list or tuple of these
+        (one per pretraining seed), a fitted scikit-learn transformer (or a
+        list of them; linear probe only) or None (no pretraining).
     X : array-like of shape (n_subjects, ...) or list
         All subjects' inputs, as the pretrainers take them (volumes, paths,
         or tabular features).
@@ -547,20 +771,31 @@ default=None
     Returns
     -------
     results : list of dict or pandas.DataFrame
-        One row per (method, protocol, n_labels, repeat), in that order,
-        with the columns ``method``, ``protocol``, ``n_labels``, ``repeat``,
-        ``scoring`` (the scorer's name) and ``score`` (on the test set).
+        One row per (method, protocol, n_labels, repeat, seed), in that
+        order (seeds in the order of the method's fits), with the columns
+        ``method``, ``protocol``, ``n_labels``, ``repeat``, ``seed`` (the
+        pretraining seed, or None), ``scoring`` (the scorer's name) and
+        ``score`` (on the test set). In a DataFrame, ``seed`` has the object
+        dtype (ints and None).
 
     Raises
     ------
     ValueError
         For invalid numbers of labels, splits or classes (see
-        :func:`label_efficiency_splits`), unknown protocols, unfitted
-        pretrainers, or inputs of mismatched lengths.
+        :func:`label_efficiency_splits`), unknown protocols, inputs of
+        mismatched lengths, fits of a method with the same seed, or nothing
+        to evaluate (e.g. only transformers and ``protocols="fine_tune"``).
+    NotFittedError
+        For an unfitted pretrainer or transformer (named in the message).
+    TypeError
+        For a method that is none of the above.
 
     See Also
     --------
     label_efficiency_splits : the splits, for checks by hand.
+    pretrain_seeds : fits of one method with several seeds.
+    summarize : mean and standard deviation of each curve point.
+    paired_differences : differences to a reference, with intervals.
     plot_label_efficiency : the curves.
 
     Examples
@@ -578,10 +813,26 @@ default=None
     ...     n_repeats=2, fine_tune_params={"max_epochs": 2}, random_state=0)
     >>> len(table)  # SimCLR: 2 protocols; scratch: fine-tuning only
     12
-    >>> sorted(table[0])
-    ['method', 'n_labels', 'protocol', 'repeat', 'score', 'scoring']
-    >>> table[0]["method"], table[0]["protocol"], table[0]["scoring"]
-    ('SimCLR', 'linear_probe', 'roc_auc')
+    >>> list(table[0])
+    ['method', 'protocol', 'n_labels', 'repeat', 'seed', 'scoring', 'score']
+    >>> row = table[0]
+    >>> row["method"], row["protocol"], row["seed"], row["scoring"]
+    ('SimCLR', 'linear_probe', 0, 'roc_auc')
+
+    A fitted PCA as a linear-probe baseline, and two pretraining seeds of
+    SimCLR:
+
+    >>> from sklearn.decomposition import PCA
+    >>> pca = PCA(n_components=3).fit(X)
+    >>> seeds = pretrain_seeds(SimCLRPretrainer(
+    ...     backbone="mlp", max_epochs=1, batch_size=16), X, seeds=2)
+    >>> table = label_efficiency(
+    ...     {"SimCLR": seeds, "PCA": pca}, X, y, n_labels=20, n_repeats=2,
+    ...     protocols="linear_probe", random_state=0)
+    >>> len(table)  # SimCLR: 2 seeds x 2 repeats; PCA: 2 repeats
+    6
+    >>> [(r["method"], r["seed"]) for r in table if r["repeat"] == 0]
+    [('SimCLR', 0), ('SimCLR', 1), ('PCA', None)]
     """
     methods = _check_methods(pretrainers)
     y = np.asarray(y)
@@ -627,7 +878,10 @@ default=None
     )
     # rows by method, protocol, n_labels, then repeat
     splits.sort(key=lambda s: (s["n_labels"], s["repeat"]))
-    scratch_like = next((p for _, p in methods if p is not None), None)
+    scratch_like = next(
+        (est for _, kind, fits in methods if kind == "pretrainer" for _, est in fits),
+        None,
+    )
     if "fine_tune" in protocols:
         # fail on bad fine_tune_params now, not after the first cells
         template = _fine_tuner(task, None, None, params, 0)
@@ -639,30 +893,42 @@ default=None
                 getattr(template, check)()
 
     tasks, keys = [], []
-    for name, source in methods:
+    for name, kind, fits in methods:
         for protocol in protocols:
+            if protocol == "fine_tune" and kind == "transformer":
+                continue  # a transformer has no network to fine-tune
             if protocol == "linear_probe":
-                if source is None and covariates is None:
+                if kind == "none" and covariates is None:
                     continue
-                blocks = [] if source is None else [source.transform(X)]
-                if covariates is not None:
-                    blocks.append(covariates)
-                F = np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
+                features = [
+                    _probe_features(name, source, X, n, covariates)
+                    for _, source in fits
+                ]
             for cell in splits:
                 train, test = cell["train"], cell["test"]
-                if protocol == "linear_probe":
-                    job = (_run_probe, probe, F, y, train, test, scorer)
-                else:
-                    make = (task, source, scratch_like, params, cell["seed"])
-                    job = (_run_fine_tune, make, X, y, train, test, scorer)
-                tasks.append(job)
-                keys.append((name, protocol, cell["n_labels"], cell["repeat"]))
+                for f, (seed, source) in enumerate(fits):
+                    if protocol == "linear_probe":
+                        job = (_run_probe, probe, features[f], y, train, test, scorer)
+                    else:
+                        make = (task, source, scratch_like, params, cell["seed"])
+                        job = (_run_fine_tune, make, X, y, train, test, scorer)
+                    tasks.append(job)
+                    keys.append(
+                        (name, protocol, cell["n_labels"], cell["repeat"], seed)
+                    )
+    if not tasks:
+        raise ValueError(
+            f"Nothing to evaluate with protocols={list(protocols)}: fitted "
+            "transformers have only the linear probe, and None (no "
+            "pretraining) has a linear probe only with covariates."
+        )
 
     def report(key, score, seconds):
         if verbose > 0:
-            name, protocol, k, r = key
+            name, protocol, k, r, seed = key
+            at = "" if seed is None else f" seed {seed}"
             print(
-                f"[label_efficiency] {name} {protocol} n={k} repeat {r}: "
+                f"[label_efficiency] {name} {protocol} n={k} repeat {r}{at}: "
                 f"{scoring_name} {score:.3f} ({seconds:.1f} s)",
                 flush=True,
             )
@@ -684,10 +950,11 @@ default=None
             "protocol": protocol,
             "n_labels": int(k),
             "repeat": int(r),
+            "seed": seed,
             "scoring": scoring_name,
             "score": score,
         }
-        for (name, protocol, k, r), (score, _) in zip(keys, outputs)
+        for (name, protocol, k, r, seed), (score, _) in zip(keys, outputs)
     ]
     if as_frame:
         return _as_frame(rows)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ._statistics import _summary
+import math
+
+from ._statistics import summarize
 from ._tables import _records
 
 _PROTOCOL_LABELS = {"linear_probe": "linear probe", "fine_tune": "fine-tuning"}
@@ -13,10 +15,14 @@ def plot_label_efficiency(results, ax=None, *, ylabel=None):
     """Plot the mean score against the number of labels, one curve per method
     and protocol.
 
-    Each curve is the mean over repeats, with error bars of one standard
-    deviation over repeats (``ddof=0``). Methods get the colours of the
-    axes' cycle; protocols get line styles (linear probe solid, fine-tuning
-    dashed).
+    Each point is the mean of the scores of its method, protocol and number
+    of labels, pooled over the repeats and the pretraining seeds, with an
+    error bar of one sample standard deviation (``ddof=1``) of these scores
+    (as in :func:`summarize`; no bar for a single score). The bars show the
+    spread of single scores, not the uncertainty of the mean: see
+    :func:`paired_differences` for confidence intervals. Methods get the
+    colours of the axes' cycle; protocols get line styles (linear probe
+    solid, fine-tuning dashed).
 
     Parameters
     ----------
@@ -51,7 +57,7 @@ def plot_label_efficiency(results, ax=None, *, ylabel=None):
             "(or the 'plot' extra of sklearn_cl3d)."
         ) from None
     rows = _records(results)
-    summary = _summary(rows)
+    summary = summarize(rows)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.0, 3.6))
     methods = list(dict.fromkeys(s["method"] for s in summary))
@@ -62,7 +68,7 @@ def plot_label_efficiency(results, ax=None, *, ylabel=None):
         ax.errorbar(
             [s["n_labels"] for s in sel],
             [s["mean"] for s in sel],
-            yerr=[s["std"] for s in sel],
+            yerr=[0.0 if math.isnan(s["std"]) else s["std"] for s in sel],
             color=colors[methods.index(m) % len(colors)],
             linestyle=_LINESTYLES[protocols.index(p) % len(_LINESTYLES)],
             marker="o",
