@@ -697,7 +697,10 @@ def label_efficiency(
       its position in the list (two fits with the same seed are refused);
     - a single pretrainer: its ``random_state`` when it is an int, else 0;
     - a fitted transformer: its ``random_state`` when it is an int, else
-      None;
+      None (a seedless method is paired with every seed of another; a
+      seeded one only with the same seed, so fit a transformer with the
+      pretrainers' seeds, or ``random_state=None`` when it is
+      deterministic);
     - None (no pretraining): None.
 
     :func:`paired_differences` pairs rows by ``repeat`` and ``seed``.

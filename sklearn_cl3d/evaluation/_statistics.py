@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -197,7 +198,8 @@ def _rng_factory(random_state):
 
 
 def _pair(mine, ref, method, reference, where):
-    """The (seeds, splits) table of differences ``method - reference``."""
+    """The (seeds, splits) table of differences ``method - reference``, and
+    the seeds of one side only (left out)."""
     seeds = {}
     for name, cells in ((method, mine), (reference, ref)):
         values = {s for _, s in cells}
@@ -212,6 +214,7 @@ def _pair(mine, ref, method, reference, where):
     if not splits:
         raise ValueError(f"{where}: {method!r} and {reference!r} share no repeat.")
     mine_seeds, ref_seeds = seeds[method], seeds[reference]
+    dropped = []
     if ref_seeds == {None}:
         rows = _sorted(mine_seeds)
     elif mine_seeds == {None}:
@@ -225,6 +228,7 @@ def _pair(mine, ref, method, reference, where):
                 "pretraining seed in common, so their scores cannot be paired "
                 "by seed."
             )
+        dropped = _sorted(mine_seeds ^ ref_seeds)
     D = np.empty((len(rows), len(splits)))
     for i, s in enumerate(rows):
         for j, r in enumerate(splits):
@@ -242,7 +246,7 @@ def _pair(mine, ref, method, reference, where):
                     )
                 pair.append(cells[key])
             D[i, j] = pair[0] - pair[1]
-    return rows, splits, D
+    return rows, splits, D, dropped
 
 
 def paired_differences(
@@ -265,7 +269,10 @@ def paired_differences(
     - by pretraining seed: when both methods have seeds (e.g. both were
       pretrained with seeds 0, 1 and 2, see :func:`pretrain_seeds`), the
       scores of equal seed values are paired, and seeds present on one side
-      only are left out. When one side has no seed (``seed`` None: no
+      only are left out (with a warning). A transformer fitted with an int
+      ``random_state`` has that seed: fit it with the same seeds as the
+      other methods (:func:`pretrain_seeds`), or with ``random_state=None``
+      when it is deterministic. When one side has no seed (``seed`` None: no
       pretraining, or a deterministic transformer), its score on a split is
       paired with the score of every seed of the other side on that split.
 
@@ -444,7 +451,7 @@ def paired_differences(
         table[cell] = float(score)
     protocols = list(dict.fromkeys(p for _, p, _ in cells))
     alpha = 1.0 - float(confidence)
-    out = []
+    out, left_out = [], {}
     for method in methods:
         if method == reference:
             continue
@@ -454,13 +461,15 @@ def paired_differences(
                 if (reference, protocol, k) not in cells:
                     continue
                 where = f"{method!r} vs {reference!r}, {protocol}, n_labels={k}"
-                seeds, splits, D = _pair(
+                seeds, splits, D, dropped = _pair(
                     cells[method, protocol, k],
                     cells[reference, protocol, k],
                     method,
                     reference,
                     where,
                 )
+                if dropped:
+                    left_out.setdefault(method, set()).update(dropped)
                 boot = _crossed_bootstrap(D, int(n_bootstrap), new_rng())
                 low, high = np.quantile(boot, [alpha / 2, 1.0 - alpha / 2])
                 out.append(
@@ -481,6 +490,17 @@ def paired_differences(
                         "differences": D.tolist(),
                     }
                 )
+    for method, dropped in left_out.items():
+        warnings.warn(
+            f"paired_differences: the seed(s) {_sorted(dropped)} of {method!r} "
+            f"or {reference!r} are not seeds of the other one and are left out "
+            "of their comparison (methods with seeds are paired by seed value). "
+            "Fit both with the same seeds (pretrain_seeds), or give a "
+            "deterministic transformer no seed (random_state=None) to pair it "
+            "with every seed.",
+            UserWarning,
+            stacklevel=2,
+        )
     if not out:
         raise ValueError(
             f"No method shares a protocol and a number of labels with "
