@@ -65,8 +65,8 @@ def test_schema_and_counts(table, encoders, data):
         assert list(row) == [
             "method", "protocol", "n_labels", "repeat", "seed", "scoring", "score"
         ]  # fmt: skip
-        # a single pretrainer's seed is its random_state; None has no seed
-        assert row["seed"] == (None if row["method"] == "scratch" else 0)
+        # a single fit stands for its method: no seed (nor for None)
+        assert row["seed"] is None
         assert row["scoring"] == "roc_auc"
         assert 0.0 <= row["score"] <= 1.0
     keys = [(r["method"], r["protocol"], r["n_labels"], r["repeat"]) for r in table]
@@ -106,7 +106,7 @@ def test_list_input_names_and_frame(encoders, data):
     assert list(frame.columns) == [
         "method", "protocol", "n_labels", "repeat", "seed", "scoring", "score"
     ]  # fmt: skip
-    assert frame["seed"].tolist() == [0, 0]
+    assert frame["seed"].tolist() == [None, None]
     # no covariates: "from scratch" has no linear-probe rows
     assert frame["method"].tolist() == ["SimCLRPretrainer", "SimCLRPretrainer (2)"]
     assert frame["score"].iloc[0] == frame["score"].iloc[1]
@@ -418,7 +418,7 @@ def test_a_list_of_seeds_is_one_method(encoders, simclr_seeds, data):
         alone = _run(
             encoders,
             data,
-            methods={"SimCLR": fit},
+            methods={"SimCLR": [fit]},
             n_labels=[10],
             fine_tune_params={**FT, "max_epochs": 1},
         )
@@ -438,9 +438,13 @@ def test_seed_values(encoders, simclr_seeds, data):
         rows = _run(encoders, data, methods=methods, **kwargs, **extra)
         return [(r["method"], r["seed"]) for r in rows]
 
-    # positions when random_state is not an int; a single one gets 0
+    # positions when random_state is not an int; a single fit has no seed,
+    # even with an int random_state, unless it is given as a list
     assert seeds({"a": unseeded, "b": unseeded[0]}) == [
-        ("a", 0), ("a", 1), ("b", 0)
+        ("a", 0), ("a", 1), ("b", None)
+    ]  # fmt: skip
+    assert seeds({"b": simclr_seeds[1], "c": [simclr_seeds[1]]}) == [
+        ("b", None), ("c", 1)
     ]  # fmt: skip
     # random_state when it is an int, in the order of the list
     assert seeds({"a": simclr_seeds[::-1]}) == [("a", 1), ("a", 0)]
@@ -478,10 +482,10 @@ def test_a_fitted_transformer_is_a_probe_method(encoders, data):
     assert [(r["method"], r["protocol"], r["seed"]) for r in rows] == [
         ("PCA", "linear_probe", None),
         ("PCA", "linear_probe", None),
-        ("SimCLR", "linear_probe", 0),
-        ("SimCLR", "linear_probe", 0),
-        ("SimCLR", "fine_tune", 0),
-        ("SimCLR", "fine_tune", 0),
+        ("SimCLR", "linear_probe", None),
+        ("SimCLR", "linear_probe", None),
+        ("SimCLR", "fine_tune", None),
+        ("SimCLR", "fine_tune", None),
     ]
     # the probe sees [transform(X), covariates]
     (cell,) = [
@@ -494,12 +498,16 @@ def test_a_fitted_transformer_is_a_probe_method(encoders, data):
     probe.fit(F[cell["train"]], y[cell["train"]])
     expected = roc_auc_score(y[cell["test"]], probe.decision_function(F[cell["test"]]))
     assert rows[1]["score"] == pytest.approx(expected, abs=1e-12)
-    # an int random_state is the seed; a list of transformers is seeded too
+    # in a list, an int random_state is the seed; a single fit has none
     kwargs = dict(n_labels=[20], n_repeats=1, protocols="linear_probe")
     seeded = PCA(3, svd_solver="randomized", random_state=7).fit(X)
     fits = pretrain_seeds(PCA(3, svd_solver="randomized"), X, seeds=2)
-    rows = _run(encoders, data, methods={"a": seeded, "b": fits}, **kwargs)
-    assert [(r["method"], r["seed"]) for r in rows] == [("a", 7), ("b", 0), ("b", 1)]
+    rows = _run(
+        encoders, data, methods={"a": seeded, "b": fits, "c": [seeded]}, **kwargs
+    )
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("a", None), ("b", 0), ("b", 1), ("c", 7)
+    ]  # fmt: skip
     # a one-column transform is a feature
     first = FunctionTransformer(lambda A: A[:, 0]).fit(X)
     (row,) = _run(encoders, data, methods={"x0": first}, **kwargs)
@@ -519,7 +527,11 @@ def test_paired_differences_of_a_table(encoders, simclr_seeds, data):
     rows = _run(
         encoders,
         data,
-        methods={"age": None, "SimCLR": simclr_seeds, "y-Aware": encoders["y-Aware"]},
+        methods={
+            "age": None,
+            "SimCLR": simclr_seeds,
+            "y-Aware": [encoders["y-Aware"]],
+        },
         protocols="linear_probe",
         covariates=age,
         n_repeats=3,

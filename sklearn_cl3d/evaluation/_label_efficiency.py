@@ -375,11 +375,9 @@ def _check_methods(pretrainers):
             methods.append((str(name), "none", [(None, None)]))
             continue
         if not isinstance(p, list | tuple):
+            # one fit stands for its method: paired with every seed
             kind, est = _check_method(p, where)
-            seed = _int_seed(est)
-            if seed is None and kind == "pretrainer":
-                seed = 0
-            methods.append((str(name), kind, [(seed, est)]))
+            methods.append((str(name), kind, [(None, est)]))
             continue
         # the same method pretrained with several seeds
         if not p:
@@ -695,12 +693,9 @@ def label_efficiency(
 
     - a fit in such a list: its ``random_state`` when it is an int, else
       its position in the list (two fits with the same seed are refused);
-    - a single pretrainer: its ``random_state`` when it is an int, else 0;
-    - a fitted transformer: its ``random_state`` when it is an int, else
-      None (a seedless method is paired with every seed of another; a
-      seeded one only with the same seed, so fit a transformer with the
-      pretrainers' seeds, or ``random_state=None`` when it is
-      deterministic);
+    - a single fit (pretrainer or transformer, not in a list): None, one
+      fit standing for its method, paired with every seed of another method
+      (put it in a list, ``[fit]``, to give it its seed);
     - None (no pretraining): None.
 
     :func:`paired_differences` pairs rows by ``repeat`` and ``seed``.
@@ -820,7 +815,7 @@ default=None
     ['method', 'protocol', 'n_labels', 'repeat', 'seed', 'scoring', 'score']
     >>> row = table[0]
     >>> row["method"], row["protocol"], row["seed"], row["scoring"]
-    ('SimCLR', 'linear_probe', 0, 'roc_auc')
+    ('SimCLR', 'linear_probe', None, 'roc_auc')
 
     A fitted PCA as a linear-probe baseline, and two pretraining seeds of
     SimCLR:
