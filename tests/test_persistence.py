@@ -1,19 +1,14 @@
-"""Saved encoders (save_pretrained / load_pretrained), plain state dicts with
-key maps (the official y-Aware layout), and atomic, resumable checkpoints."""
+"""Saved encoders (save_pretrained / load_pretrained) and plain state dicts
+with key maps (the official y-Aware layout). Attacks on saved folders are in
+test_persistence_security.py, crash safety in test_persistence_atomic.py,
+checkpoints in test_checkpoint.py."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from skorch.callbacks import Callback, LRScheduler
 from torch import nn
 
 from sklearn_cl3d import (
@@ -29,6 +24,7 @@ from sklearn_cl3d._persistence import CONFIG_NAME, WEIGHTS_NAME, yaware_key_map
 from sklearn_cl3d.callbacks import AtomicCheckpoint
 from sklearn_cl3d.data import CropOrPad
 from sklearn_cl3d.nn import DenseNet3D, SmallCNN3D
+from sklearn_cl3d.persistence import MANIFEST_NAME, PersistenceError
 
 SMALL3D = dict(
     backbone="small3d",
@@ -93,12 +89,15 @@ def test_round_trip_restores_weights_params_and_transform(tmp_path, data):
         preprocessing=[CropOrPad((8,) * 3)],
     ).fit(X, age)
     path = ssl.save_pretrained(tmp_path / "enc")
-    assert sorted(os.listdir(path)) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(os.listdir(path)) == [CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME]
+    assert sorted(os.listdir(tmp_path)) == ["cp", "enc"]  # no temporary folder
     config = json.loads((path / CONFIG_NAME).read_text())
     assert config["class"] == "sklearn_cl3d:YAwarePretrainer"
+    assert config["format_version"] == 2
     assert config["params"]["sigma"] == 3.0
-    assert config["params"]["optimizer"] == {"__import__": "torch.optim:Adam"}
+    assert config["params"]["optimizer"] == {"__object__": "torch.optim:Adam"}
     assert "callbacks" not in config["params"]  # training-session objects
+    assert "torch_load_kwargs" not in config["params"]  # loader settings
 
     again = YAwarePretrainer.load_pretrained(path)
     _assert_same(_state(again.module_), _state(ssl.module_))
@@ -158,7 +157,7 @@ def test_non_json_parameters(tmp_path, data):
     X, age = data
     # a lambda cannot be stored: clear error naming the parameter
     ssl = YAwarePretrainer(**SMALL3D, kernel=lambda a, b, sigma: a @ b.T).fit(X, age)
-    with pytest.raises(ValueError, match="kernel: .*not importable"):
+    with pytest.raises(ValueError, match="kernel: .*lambda"):
         ssl.save_pretrained(tmp_path / "a")
     path = ssl.save_pretrained(tmp_path / "a", exclude=["kernel"])
     assert load_pretrained(path).kernel == "rbf"  # the class default
@@ -171,7 +170,7 @@ def test_non_json_parameters(tmp_path, data):
     assert load_pretrained(path).backbone is SmallCNN3D
 
 
-def test_untrusted_imports_need_an_override_or_trust(tmp_path, data):
+def test_own_classes_are_passed_at_load_time(tmp_path, data):
     X, age = data
     ssl = YAwarePretrainer(
         backbone=MyEncoder,
@@ -183,13 +182,59 @@ def test_untrusted_imports_need_an_override_or_trust(tmp_path, data):
         random_state=0,
     ).fit(X, age)
     path = ssl.save_pretrained(tmp_path / "mine")
-    with pytest.raises(ValueError, match="outside the trusted packages"):
+    config = json.loads((path / CONFIG_NAME).read_text())
+    assert config["params"]["backbone"] == {"__object__": f"{__name__}:MyEncoder"}
+    # nothing is imported from the file: the class must come from the caller
+    with pytest.raises(PersistenceError, match="custom_objects={'MyEncoder'"):
         load_pretrained(path)
     for again in (
+        load_pretrained(path, custom_objects={"MyEncoder": MyEncoder}),
+        load_pretrained(path, custom_objects={f"{__name__}:MyEncoder": MyEncoder}),
         load_pretrained(path, backbone=MyEncoder),
-        load_pretrained(path, trust_imports=True),
+        YAwarePretrainer.load_pretrained(path, custom_objects={"MyEncoder": MyEncoder}),
     ):
+        assert again.backbone is MyEncoder
         np.testing.assert_array_equal(again.transform(X), ssl.transform(X))
+    # a caller's class never replaces a library one of the same short name
+    impostor = {"YAwarePretrainer": SimCLRPretrainer, "MyEncoder": MyEncoder}
+    assert type(load_pretrained(path, custom_objects=impostor)) is YAwarePretrainer
+    with pytest.raises(TypeError, match="custom_objects"):
+        load_pretrained(path, custom_objects=[MyEncoder])
+    with pytest.raises(TypeError, match="custom_objects\\['MyEncoder'\\]"):
+        load_pretrained(path, custom_objects={"MyEncoder": "MyEncoder"})
+
+
+class MyYAware(YAwarePretrainer):
+    """A user subclass of a pretrainer."""
+
+
+def test_own_pretrainer_subclass(tmp_path, data):
+    X, age = data
+    ssl = MyYAware(**SMALL3D).fit(X, age)
+    path = ssl.save_pretrained(tmp_path / "sub")
+    with pytest.raises(PersistenceError, match="MyYAware"):
+        load_pretrained(path)
+    # its own load_pretrained knows the class; the function needs it passed
+    for again in (
+        MyYAware.load_pretrained(path),
+        load_pretrained(path, custom_objects={"MyYAware": MyYAware}),
+    ):
+        assert type(again) is MyYAware
+        np.testing.assert_array_equal(again.transform(X), ssl.transform(X))
+    # a class given by the caller must still be a pretrainer
+    with pytest.raises(PersistenceError, match="not a contrastive pretrainer"):
+        load_pretrained(path, custom_objects={"MyYAware": MyEncoder})
+
+
+def test_trust_imports_is_gone(tmp_path, data):
+    X, age = data
+    path = YAwarePretrainer(**SMALL3D).fit(X, age).save_pretrained(tmp_path / "e")
+    with pytest.raises(ValueError, match="no longer supported.*custom_objects"):
+        load_pretrained(path, trust_imports=True)
+    with pytest.raises(ValueError, match="no longer supported"):
+        YAwarePretrainer.load_pretrained(path, trust_imports=True)
+    with pytest.warns(FutureWarning, match="trust_imports is deprecated"):
+        load_pretrained(path, trust_imports=False)
 
 
 def test_weights_are_loaded_with_weights_only(tmp_path, data, monkeypatch):
@@ -206,10 +251,7 @@ def test_weights_are_loaded_with_weights_only(tmp_path, data, monkeypatch):
     load_pretrained(path)
     assert calls == [True]
     monkeypatch.undo()
-    # a weights file with an arbitrary pickled object is refused
-    torch.save({"x": CropOrPad((2, 2, 2))}, path / WEIGHTS_NAME)
-    with pytest.raises(Exception, match="[Ww]eights only load failed"):
-        load_pretrained(path)
+    # (a weights file holding a pickled object: test_persistence_security.py)
 
 
 # -------------------------------------------- plain state dicts and key maps
@@ -315,125 +357,3 @@ def test_key_maps_dict_callable_and_errors(data):
     bad = {k: v[:1] for k, v in src.module_.state_dict().items() if v.ndim}
     with pytest.raises(ValueError, match="Shapes differ"):
         load_state_dict(dst, bad, strict=False)
-
-
-# ------------------------------------------------------ atomic checkpoints
-
-
-class Snapshot(Callback):
-    """Record the network's state when training starts."""
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        self.state_ = _state(net.module_)
-
-
-TABULAR = dict(backbone="mlp", backbone__hidden_dims=(8,), batch_size=8, random_state=0)
-
-
-def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    X = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
-    cp = AtomicCheckpoint(dirname=str(tmp_path))
-    net = SimCLRPretrainer(**TABULAR, max_epochs=1, callbacks=[("cp", cp)]).fit(X)
-    files = sorted(os.listdir(tmp_path))
-    assert files == ["criterion.pt", "history.json", "optimizer.pt", "params.pt"]
-    before = {f: (tmp_path / f).read_bytes() for f in files}
-    real_save = torch.save
-
-    def crash(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)  # a complete temporary file...
-        with open(f, "ab") as fh:  # ...then garbage, then the crash
-            fh.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.warns(RuntimeWarning, match="disk full"):
-        net.partial_fit(X)  # another epoch: its checkpoint fails
-    monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == files  # no temporary file left over
-    assert {f: (tmp_path / f).read_bytes() for f in files} == before
-    torch.load(tmp_path / "params.pt", weights_only=True)
-
-
-_CHILD = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    from sklearn_cl3d import SimCLRPretrainer
-    from sklearn_cl3d.callbacks import AtomicCheckpoint
-
-    X = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
-    cp = AtomicCheckpoint(dirname=sys.argv[1])
-    SimCLRPretrainer(backbone="mlp", backbone__hidden_dims=(8,), batch_size=8,
-                     random_state=0, max_epochs=100000,
-                     callbacks=[("cp", cp)]).fit(X)
-    """
-)
-
-
-def test_resume_after_sigkill(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    script = tmp_path / "child.py"
-    script.write_text(_CHILD)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = tmp_path / "child.log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(ckpt)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while not (ckpt / "history.json").exists():
-            assert proc.poll() is None, log.read_text()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        time.sleep(0.3)  # let it write a few more (and be killed mid-way)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    history = json.loads((ckpt / "history.json").read_text())
-    saved = torch.load(ckpt / "params.pt", weights_only=True)
-    k = len(history)
-    assert k >= 1
-
-    X = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
-    cp = AtomicCheckpoint(dirname=str(ckpt), resume=True)
-    net = SimCLRPretrainer(
-        **TABULAR, max_epochs=k + 2, callbacks=[("cp", cp), ("snap", Snapshot())]
-    ).fit(X)
-    _assert_same(dict(net.callbacks_)["snap"].state_, saved)
-    assert cp.resumed_from_ == k
-    assert net.history[:, "epoch"] == list(range(1, k + 3))
-    assert net.history[:k, "train_loss"] == [row["train_loss"] for row in history]
-    assert len(net.history) == k + 2
-    # the checkpoint now holds the resumed run's last epoch
-    _assert_same(torch.load(ckpt / "params.pt", weights_only=True), _state(net.module_))
-
-
-def test_resume_continues_the_lr_schedule(tmp_path):
-    X = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
-
-    def make(epochs, resume):
-        return SimCLRPretrainer(
-            **TABULAR,
-            lr=1.0,
-            max_epochs=epochs,
-            callbacks=[
-                ("lr", LRScheduler("StepLR", step_size=1, gamma=0.5)),
-                ("cp", AtomicCheckpoint(dirname=str(tmp_path), resume=resume)),
-            ],
-        )
-
-    full = make(4, False).fit(X).history[:, "event_lr"]
-    for f in os.listdir(tmp_path):
-        os.remove(tmp_path / f)
-    make(2, False).fit(X)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # e.g. no scheduler-order warning
-        resumed = make(4, True).fit(X)
-    assert resumed.history[:, "event_lr"] == full
-    # a finished run resumes to nothing
-    done = make(4, True).fit(X)
-    assert len(done.history) == 4

@@ -26,7 +26,7 @@ from skorch.callbacks import ProgressBar
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
-from .. import distributed as _dist
+from .. import distributed as _dist, persistence as _persistence
 from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
 from ..callbacks import StopOnNonFiniteLoss
 from ..data import (
@@ -37,6 +37,13 @@ from ..data import (
     is_volume_collection,
 )
 from ..nn import BACKBONES, ContrastiveModel, ProjectionHead, build_backbone
+from ._device import (
+    MEMORY_FORMATS,
+    PRECISIONS,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 from ._skorch import DevicePlumbingMixin, SkorchEstimatorMixin
 
 __all__ = [
@@ -47,111 +54,6 @@ __all__ = [
 ]
 
 FEATURE_LAYERS = ("backbone", "hidden", "projection")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision, device):
-    """Turn ``precision="auto"`` into the precision used on ``device``.
-
-    ``"auto"`` is ``"bf16"`` on a CUDA device that supports bfloat16 (fast and
-    safe: no loss scaling needed) and ``"fp32"`` elsewhere (CPUs gain little
-    from autocast and lose precision).
-
-    Parameters
-    ----------
-    precision : {"auto", "fp32", "bf16", "fp16"}
-    device : str or None
-        A resolved device string (``"cpu"``, ``"cuda:0"``, ...).
-
-    Returns
-    -------
-    str
-        ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-
-    Examples
-    --------
-    >>> resolve_precision("auto", "cpu")
-    'fp32'
-    """
-    if precision != "auto":
-        return precision
-    if device is not None and torch.device(device).type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "fp32"
-
-
-def resolve_memory_format(memory_format, device, ndim):
-    """The torch memory format for conv inputs of ``ndim`` dims on ``device``.
-
-    ``"auto"`` is channels-last (``channels_last_3d`` for volumes) on CUDA,
-    where cuDNN's reduced-precision convolutions prefer it, and contiguous on
-    CPUs. Inputs other than 4-D/5-D are always contiguous.
-
-    Parameters
-    ----------
-    memory_format : {"auto", "contiguous", "channels_last"}
-    device : str or None
-    ndim : int
-        Number of dimensions of the batch (5 for volumes, 4 for slices).
-
-    Returns
-    -------
-    torch.memory_format
-
-    Examples
-    --------
-    >>> resolve_memory_format("channels_last", "cpu", 5)
-    torch.channels_last_3d
-    """
-    if ndim not in (4, 5):
-        return torch.contiguous_format
-    if memory_format == "auto":
-        cuda = device is not None and torch.device(device).type == "cuda"
-        memory_format = "channels_last" if cuda else "contiguous"
-    if memory_format == "contiguous":
-        return torch.contiguous_format
-    return torch.channels_last_3d if ndim == 5 else torch.channels_last
-
-
-def resolve_device(device):
-    """Turn ``"auto"`` into ``"cuda"`` when CUDA is available, else ``"cpu"``.
-
-    Parameters
-    ----------
-    device : str, torch.device or None
-        ``"auto"``, a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``),
-        or None (skorch's "leave tensors where they are").
-
-    Returns
-    -------
-    str or None
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    'cpu'
-    """
-    if device is None:
-        return None
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or another torch "
-            f"device string; got {device!r}."
-        ) from exc
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} was requested but CUDA is not available on this "
-            "machine; use device='auto' or 'cpu'."
-        )
-    return device
 
 
 def _never(self):
@@ -631,15 +533,16 @@ class BaseContrastivePretrainer(
     # ----------------------------------------------------- persistence
 
     def save_pretrained(self, path, *, exclude=()):
-        """Save the fitted network and its configuration to a directory.
+        """Save the fitted network and its configuration to a folder.
 
-        See :func:`sklearn_cl3d.save_pretrained` (``weights.pt`` read back
-        with ``torch.load(weights_only=True)``, plus ``config.json``).
+        See :func:`sklearn_cl3d.save_pretrained`: ``weights.pt``,
+        ``config.json`` and ``manifest.json`` (their checksums), swapped in
+        atomically.
 
         Parameters
         ----------
         path : str or path-like
-            Directory to write (created if needed).
+            Folder to write (new, empty, or an encoder saved earlier).
         exclude : iterable of str, default=()
             Parameters not to store (e.g. a kernel given as a lambda);
             callbacks are never stored.
@@ -648,24 +551,26 @@ class BaseContrastivePretrainer(
         -------
         path : pathlib.Path
         """
-        from .._persistence import save_pretrained
-
-        return save_pretrained(self, path, exclude=exclude)
+        return _persistence.save_pretrained(self, path, exclude=exclude)
 
     @classmethod
-    def load_pretrained(cls, path, *, trust_imports=False, **params):
+    def load_pretrained(
+        cls, path, *, custom_objects=None, trust_imports=None, **params
+    ):
         """Load an encoder saved with :meth:`save_pretrained`.
 
-        See :func:`sklearn_cl3d.load_pretrained`; the saved class must be this
-        class or a subclass.
+        See :func:`sklearn_cl3d.load_pretrained` (what loading checks and
+        refuses); the saved class must be this class or a subclass.
 
         Parameters
         ----------
         path : str or path-like
-            Directory written by :meth:`save_pretrained`.
-        trust_imports : bool, default=False
-            Allow imports outside torch, skorch, scikit-learn and
-            sklearn_cl3d named in the config.
+            Folder written by :meth:`save_pretrained`.
+        custom_objects : dict, default=None
+            Your own classes and functions named in the config, e.g.
+            ``{"MyNet": MyNet}``; nothing is imported from the file.
+        trust_imports : None
+            Deprecated, no effect (``True`` raises; use ``custom_objects``).
         **params : dict
             Constructor parameters overriding the saved ones.
 
@@ -674,8 +579,10 @@ class BaseContrastivePretrainer(
         estimator
             A fitted estimator with the saved weights.
         """
-        from .._persistence import load_pretrained
-
-        return load_pretrained(
-            path, expected_class=cls, trust_imports=trust_imports, **params
+        return _persistence.load_pretrained(
+            path,
+            custom_objects=custom_objects,
+            expected_class=cls,
+            trust_imports=trust_imports,
+            **params,
         )

@@ -14,6 +14,12 @@ from skorch.utils import to_tensor
 
 from .. import distributed as _dist
 from .._heap import cpu_heap_reuse
+from ._device import (
+    _AUTOCAST_DTYPES,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 
 __all__ = [
     "DevicePlumbingMixin",
@@ -41,8 +47,6 @@ class SkorchEstimatorMixin:
         return [k for k in super()._get_param_names() if not k.startswith("_")]
 
     def _check_params(self):
-        from ._base import resolve_device
-
         params = {
             key: getattr(self, key)
             for key in self._parameter_constraints
@@ -60,8 +64,6 @@ class SkorchEstimatorMixin:
         return state
 
     def __setstate__(self, state):
-        from ._base import resolve_device
-
         requested = state.get("device")
         if requested == "auto":
             state["device"] = resolve_device("auto")
@@ -88,8 +90,6 @@ class DevicePlumbingMixin:
         every step (:func:`sklearn_cl3d._heap.cpu_heap_reuse`).
         """
         requested = self.__dict__["device"]
-        from ._base import resolve_device
-
         resolved = resolve_device(requested)
         on_cpu = resolved is None or torch.device(resolved).type == "cpu"
         self.__dict__["device"] = resolved
@@ -126,8 +126,6 @@ class DevicePlumbingMixin:
 
 
     def _precision(self):
-        from ._base import resolve_precision
-
         return resolve_precision(self.precision, self.device)
 
 
@@ -137,14 +135,10 @@ class DevicePlumbingMixin:
         if precision == "fp32" or self.device is None:
             return nullcontext()
         kind = torch.device(self.device).type
-        from ._base import _AUTOCAST_DTYPES
-
         return torch.autocast(kind, dtype=_AUTOCAST_DTYPES[precision])
 
 
     def _memory_format(self, ndim):
-        from ._base import resolve_memory_format
-
         return resolve_memory_format(self.memory_format, self.device, ndim)
 
 

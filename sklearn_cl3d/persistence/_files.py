@@ -1,0 +1,668 @@
+"""Crash-safe file and folder writes, and manifests of checksums.
+
+Every change on disk goes through a few primitives (:func:`os.replace`,
+:func:`os.write`, :func:`os.mkdir`, ...) in an order that leaves either the
+old content or the new one, complete, whatever instant the process is
+killed at:
+
+- a single file is written to a temporary sibling, flushed to disk, then
+  moved over the destination (:func:`atomic_write`);
+- a folder is filled as a temporary sibling (its manifest last), then swapped
+  in with two renames, the previous version kept until the new one is in
+  place (:func:`replace_folder`); if a kill falls between the two renames,
+  :func:`recover_folder` puts the complete version back;
+- a manifest lists each file's size and SHA-256, so a reader can tell a
+  complete set of files from a damaged or mixed one (:func:`verify_file`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from ._errors import PersistenceError
+
+try:  # advisory locks keep one process from cleaning up another's save
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
+__all__ = [
+    "MANIFEST_NAME",
+    "atomic_write",
+    "commit_file",
+    "discard_file",
+    "make_manifest",
+    "read_manifest",
+    "recover_folder",
+    "replace_folder",
+    "sha256_bytes",
+    "sha256_file",
+    "stage_file",
+    "verify_file",
+    "write_new_file",
+]
+
+#: Name of the manifest of a saved folder.
+MANIFEST_NAME = "manifest.json"
+
+_MANIFEST_FORMAT = "sklearn_cl3d.manifest"
+_MANIFEST_VERSION = 1
+#: A manifest is small: a longer file is refused unread.
+MAX_MANIFEST_BYTES = 1 << 20
+_CHUNK = 1 << 22
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TOKEN = re.compile(r"[0-9a-f]{16}")
+
+
+# --------------------------------------------------------------- files
+
+
+def write_new_file(path, data):
+    """Create ``path`` (which must not exist) with ``data``, flushed to disk.
+
+    The bytes go through :func:`os.write` in chunks and the file is synced
+    with :func:`os.fsync` before it is closed. On any error the partial file
+    is removed and the error propagates.
+
+    Parameters
+    ----------
+    path : str or path-like
+    data : bytes
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.bin")
+    >>> write_new_file(p, b"abc")
+    >>> open(p, "rb").read()
+    b'abc'
+    """
+    path = os.fspath(path)
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view[:_CHUNK])
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        discard_file(path)
+        raise
+    os.close(fd)
+
+
+def fsync_folder(path):
+    """Flush a folder's entries (renames, new files) to disk, where possible."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot sync a folder
+    finally:
+        os.close(fd)
+
+
+def stage_file(path, write, *, suffix=".tmp"):
+    """Write ``path``'s future content to a new temporary sibling; return it.
+
+    ``write(tmp_path)`` writes the content; the temporary file (named
+    ``.<name>.<random>.tmp`` in the same folder) is then synced to disk.
+    :func:`commit_file` moves it into place, :func:`discard_file` removes
+    it. On error the temporary file is removed and the error propagates.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination.
+    write : callable
+        ``write(tmp_path)`` writes the content to ``tmp_path``.
+    suffix : str, default=".tmp"
+        End of the temporary file's name.
+
+    Returns
+    -------
+    tmp : str
+        The temporary file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> tmp = stage_file(os.path.join(d, "a.txt"), lambda p: open(p, "w").write("hi"))
+    >>> commit_file(tmp, os.path.join(d, "a.txt"))
+    >>> os.listdir(d)
+    ['a.txt']
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory
+    )
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        discard_file(tmp)
+        raise
+    return tmp
+
+
+def commit_file(tmp, path):
+    """Move a staged temporary file over ``path`` (atomic on one filesystem).
+
+    Parameters
+    ----------
+    tmp : str or path-like
+    path : str or path-like
+    """
+    os.replace(os.fspath(tmp), os.fspath(path))
+
+
+def discard_file(tmp):
+    """Remove a file, ignoring a missing one.
+
+    Parameters
+    ----------
+    tmp : str or path-like
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
+
+
+def atomic_write(path, write):
+    """Write a file through a temporary sibling and :func:`os.replace`.
+
+    ``path`` is then either the old file or the complete new one, never a
+    partial write. On error the temporary file is removed and the error
+    propagates.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination.
+    write : callable
+        ``write(tmp_path)`` writes the content to ``tmp_path``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from pathlib import Path
+    >>> d = tempfile.mkdtemp()
+    >>> atomic_write(os.path.join(d, "a.txt"), lambda p: Path(p).write_text("hi"))
+    >>> Path(d, "a.txt").read_text()
+    'hi'
+    """
+    tmp = stage_file(path, write)
+    try:
+        commit_file(tmp, path)
+    except BaseException:
+        discard_file(tmp)
+        raise
+
+
+def sha256_bytes(data):
+    """Hex SHA-256 of ``data``.
+
+    Examples
+    --------
+    >>> sha256_bytes(b"")[:16]
+    'e3b0c44298fc1c14'
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path):
+    """Hex SHA-256 and size of a file, read in chunks.
+
+    Returns
+    -------
+    digest : str
+    size : int
+    """
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+# ----------------------------------------------------------- manifests
+
+
+def make_manifest(files, **extra):
+    """The text of a manifest listing ``files`` (name -> bytes or (sha, size)).
+
+    Parameters
+    ----------
+    files : dict
+        File name -> its content (bytes) or ``(sha256_hex, size)``.
+    **extra
+        JSON fields stored next to the file list (e.g. ``epoch``).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import json
+    >>> m = json.loads(make_manifest({"a.txt": b"hi"}, epoch=3))
+    >>> m["files"]["a.txt"]["size"], m["epoch"]
+    (2, 3)
+    """
+    entries = {}
+    for name, content in files.items():
+        if isinstance(content, bytes | bytearray | memoryview):
+            entries[name] = {"sha256": sha256_bytes(content), "size": len(content)}
+        else:
+            sha, size = content
+            entries[name] = {"sha256": sha, "size": int(size)}
+    manifest = {
+        "format": _MANIFEST_FORMAT,
+        "format_version": _MANIFEST_VERSION,
+        "created": time.time(),
+        **extra,
+        "files": entries,
+    }
+    return json.dumps(manifest, indent=2, sort_keys=True)
+
+
+def _safe_name(name):
+    """A plain file name: no folder part, no hidden or special name."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and name not in (".", "..")
+        and not name.startswith(".")
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and os.path.basename(name) == name
+    )
+
+
+def read_manifest(file, *, extra_keys=()):
+    """Read and check a manifest; return it as a dict.
+
+    Parameters
+    ----------
+    file : path-like
+        The manifest.
+    extra_keys : iterable of str, default=()
+        Keys allowed besides the standard ones.
+
+    Returns
+    -------
+    dict
+        With ``files``: name -> ``{"sha256": str, "size": int}``.
+
+    Raises
+    ------
+    PersistenceError
+        If the file is missing, too large, not UTF-8 JSON, or not a manifest
+        of this library (the message names the file and what is wrong).
+    """
+    file = Path(file)
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise PersistenceError(f"{str(file)!r} is missing.") from None
+    except OSError as exc:
+        raise PersistenceError(f"cannot read {str(file)!r}: {exc}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise PersistenceError(
+            f"{str(file)!r} is larger than {MAX_MANIFEST_BYTES} bytes: not a manifest."
+        )
+    manifest = _parse_json(raw, file)
+    where = f"{str(file)!r}"
+    if not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT:
+        raise PersistenceError(f"{where} is not an sklearn_cl3d manifest.")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise PersistenceError(
+            f"{where}: 'format_version' must be an integer; got {version!r:.40}."
+        )
+    if version > _MANIFEST_VERSION or version < 1:
+        raise PersistenceError(
+            f"{where} has manifest version {version}; this sklearn_cl3d reads "
+            f"version 1 to {_MANIFEST_VERSION}."
+        )
+    allowed = {"format", "format_version", "created", "files", *extra_keys}
+    unknown = sorted(set(manifest) - allowed)
+    if unknown:
+        raise PersistenceError(f"{where}: unexpected keys {unknown[:5]}.")
+    created = manifest.get("created", 0.0)
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        raise PersistenceError(f"{where}: 'created' must be a number.")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise PersistenceError(f"{where}: 'files' must be a non-empty object.")
+    for name, entry in files.items():
+        if not _safe_name(name):
+            raise PersistenceError(
+                f"{where}: {name!r:.80} is not a plain file name (no folders, no "
+                "leading dot)."
+            )
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"sha256", "size"}
+            or not isinstance(entry["sha256"], str)
+            or not _HEX64.fullmatch(entry["sha256"])
+            or isinstance(entry["size"], bool)
+            or not isinstance(entry["size"], int)
+            or entry["size"] < 0
+        ):
+            raise PersistenceError(
+                f"{where}: the entry of {name!r} must be "
+                '{"sha256": <64 hex digits>, "size": <int >= 0>}.'
+            )
+    return manifest
+
+
+def _parse_json(raw, file):
+    """JSON from bytes, with errors that name ``file``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PersistenceError(
+            f"{str(file)!r} is not UTF-8 text (byte {exc.start}): damaged or "
+            "not written by sklearn_cl3d."
+        ) from None
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(text, parse_constant=no_constants)
+    except RecursionError:
+        raise PersistenceError(f"{str(file)!r} is nested too deeply.") from None
+    except ValueError as exc:
+        raise PersistenceError(
+            f"{str(file)!r} is not valid JSON ({exc}): damaged or not written by "
+            "sklearn_cl3d."
+        ) from None
+
+
+def verify_file(folder, name, manifest, manifest_file, *, data=None):
+    """Check a file against its manifest entry; return its bytes if read.
+
+    Parameters
+    ----------
+    folder : path-like
+        Folder of the file.
+    name : str
+        File name (a key of ``manifest["files"]``).
+    manifest : dict
+        From :func:`read_manifest`.
+    manifest_file : path-like
+        The manifest (named in messages).
+    data : bytes, default=None
+        Content already read; otherwise the file is read here.
+
+    Returns
+    -------
+    bytes
+        The file's content.
+
+    Raises
+    ------
+    PersistenceError
+        If the manifest does not list the file, or the file is missing, or
+        its size or SHA-256 differs.
+    """
+    file = Path(folder) / name
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise PersistenceError(f"{str(manifest_file)!r} does not list {name!r}.")
+    if data is None:
+        data = read_bounded(file, entry["size"])
+    if len(data) != entry["size"]:
+        raise PersistenceError(
+            f"{str(file)!r} has {len(data)} bytes but {str(manifest_file)!r} "
+            f"records {entry['size']}: the file is truncated, damaged or was "
+            "changed after saving."
+        )
+    if sha256_bytes(data) != entry["sha256"]:
+        raise PersistenceError(
+            f"the SHA-256 of {str(file)!r} differs from the one in "
+            f"{str(manifest_file)!r}: the file is damaged or was changed after "
+            "saving."
+        )
+    return data
+
+
+def read_bounded(file, limit, *, what="file"):
+    """Read a file of at most ``limit`` bytes (a longer one is refused unread).
+
+    Raises
+    ------
+    PersistenceError
+        If the file is missing, not a regular file, or longer than
+        ``limit`` bytes.
+    """
+    file = Path(file)
+    try:
+        with open(file, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise PersistenceError(f"{str(file)!r} is not a regular file.")
+            if info.st_size > limit:
+                raise PersistenceError(
+                    f"{str(file)!r} has {info.st_size} bytes, more than the "
+                    f"{limit} expected for this {what}."
+                )
+            return fh.read(limit + 1)
+    except FileNotFoundError:
+        raise PersistenceError(f"{str(file)!r} is missing.") from None
+    except IsADirectoryError:
+        raise PersistenceError(f"{str(file)!r} is not a regular file.") from None
+    except PermissionError as exc:
+        raise PersistenceError(f"cannot read {str(file)!r}: {exc}") from None
+
+
+# -------------------------------------------------------------- folders
+
+
+def _leftovers(path):
+    """Temporary (``.<name>.tmp-*``) and previous (``.<name>.old-*``)
+    versions of the folder ``path`` left by an interrupted save."""
+    path = Path(path)
+    tmp, old = [], []
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return tmp, old
+    for entry in entries:
+        for kind, found in (("tmp", tmp), ("old", old)):
+            prefix = f".{path.name}.{kind}-"
+            if (
+                entry.name.startswith(prefix)
+                and _TOKEN.fullmatch(entry.name[len(prefix) :])
+                and not entry.is_symlink()
+            ):
+                found.append(Path(entry.path))
+    return tmp, old
+
+
+def folder_is_complete(folder):
+    """Whether ``folder`` has a readable manifest whose files all agree."""
+    manifest_file = Path(folder) / MANIFEST_NAME
+    try:
+        manifest = read_manifest(manifest_file)
+        for name in manifest["files"]:
+            verify_file(folder, name, manifest, manifest_file)
+    except PersistenceError:
+        return False
+    return True
+
+
+def _created(folder):
+    try:
+        return float(read_manifest(Path(folder) / MANIFEST_NAME).get("created", 0))
+    except (PersistenceError, TypeError, ValueError):
+        return -math.inf
+
+
+def _lock(folder):
+    """An open descriptor holding an exclusive lock on ``folder`` (or None)."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _in_use(folder):
+    """Whether another save holds the lock of ``folder``."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases the lock
+    return False
+
+
+def recover_folder(path, *, wait=10.0):
+    """Finish or undo an interrupted :func:`replace_folder`; remove leftovers.
+
+    If ``path`` is missing but a complete new version (``.<name>.tmp-*``,
+    its manifest verified) or the previous version (``.<name>.old-*``) is
+    there, it is moved back to ``path`` (the newest complete new version
+    first). Then the other leftovers are removed. A leftover that a running
+    save still holds (a lock on POSIX systems) is left alone; while
+    ``path`` is missing because such a save is between its two renames,
+    this waits up to ``wait`` seconds for it to finish.
+
+    Parameters
+    ----------
+    path : path-like
+        The folder.
+    wait : float, default=10.0
+        Seconds to wait for a running save.
+
+    Returns
+    -------
+    bool
+        Whether a version was moved back into place.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + wait
+    while True:
+        tmp, old = _leftovers(path)
+        busy = {d for d in tmp if _in_use(d)}
+        if busy and not os.path.lexists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+            continue
+        break
+    tmp = [d for d in tmp if d not in busy]
+    if not tmp and not old:
+        return False
+    restored = False
+    if not os.path.lexists(path):
+        complete = sorted(
+            (d for d in tmp if folder_is_complete(d)), key=_created, reverse=True
+        )
+        candidates = complete + sorted(old, key=_created, reverse=True)
+        for candidate in candidates:
+            try:
+                os.replace(candidate, path)
+            except OSError:
+                continue
+            fsync_folder(path.parent)
+            restored = True
+            break
+    for leftover in tmp + old:
+        if os.path.lexists(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return restored
+
+
+def replace_folder(path, files):
+    """Replace the folder ``path`` by one holding ``files``, crash-safely.
+
+    The files are written into a new sibling ``.<name>.tmp-<random>`` (each
+    synced; ``manifest.json`` with their sizes and SHA-256 last), then the
+    current folder, if any, is renamed to ``.<name>.old-<random>``, the new
+    one renamed to ``path``, and the old one removed. A kill at any instant
+    leaves the old folder or the new one complete: at ``path``, or, between
+    the two renames, as a sibling that :func:`recover_folder` (run by the
+    next save or load) moves back. On an error the old folder is kept and
+    the partial new one removed. Concurrent saves into one folder are not
+    supported.
+
+    Parameters
+    ----------
+    path : path-like
+        The folder (its parent must exist).
+    files : dict
+        File name -> bytes, written in this order, then the manifest.
+    """
+    path = Path(path)
+    parent = path.parent
+    token = secrets.token_hex(8)
+    tmp = parent / f".{path.name}.tmp-{token}"
+    old = parent / f".{path.name}.old-{token}"
+    os.mkdir(tmp)
+    lock = None
+    try:
+        lock = _lock(tmp)
+        for name, data in files.items():
+            write_new_file(tmp / name, data)
+        write_new_file(tmp / MANIFEST_NAME, make_manifest(files).encode("utf-8"))
+        fsync_folder(tmp)
+        moved_old = False
+        if os.path.lexists(path):
+            os.replace(path, old)
+            moved_old = True
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if moved_old:
+                with contextlib.suppress(OSError):
+                    os.replace(old, path)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+    fsync_folder(parent)
+    if moved_old:
+        shutil.rmtree(old, ignore_errors=True)
