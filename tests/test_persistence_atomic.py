@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -15,7 +16,6 @@ from _faults import FaultInjector, Killed
 
 from sklearn_cl3d import SimCLRPretrainer, YAwarePretrainer, load_pretrained
 from sklearn_cl3d.persistence import MANIFEST_NAME, PersistenceError
-from sklearn_cl3d.persistence._files import recover_folder
 
 try:
     import fcntl
@@ -153,25 +153,34 @@ def test_a_save_in_progress_is_not_cleaned_up(tmp_path, two_encoders):
     a, b = two_encoders
     path = a.save_pretrained(tmp_path / "enc")
     busy = _leftover(tmp_path, "tmp")
-    busy.mkdir()
+    b.save_pretrained(tmp_path / "b")
+    os.replace(tmp_path / "b", busy)
     fd = os.open(busy, os.O_RDONLY)
+    open_fds = [fd]
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running save holds its folder
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running save holds it
         assert _which(path, a, b) == "a"
-        assert busy.exists()
-        # while the folder is missing, a loader waits for the running save
-        shutil.rmtree(busy)
+        assert busy.exists()  # not removed by the load
+        # between the saver's two renames the folder is missing: a loader
+        # waits for the saver instead of restoring the old version
+        os.replace(path, _leftover(tmp_path, "old"))
+
+        def finish():
+            time.sleep(0.3)
+            os.replace(busy, path)
+            open_fds.remove(fd)
+            os.close(fd)
+
+        saver = threading.Thread(target=finish)
+        saver.start()
         start = time.monotonic()
-        os.replace(path, tmp_path / "aside")
-        busy.mkdir()
-        fd2 = os.open(busy, os.O_RDONLY)
-        fcntl.flock(fd2, fcntl.LOCK_EX)
-        os.close(fd2)  # released: the loader may take over
-        assert not recover_folder(path, wait=0.2)  # incomplete: removed
-        assert time.monotonic() - start < 5
+        assert _which(path, a, b) == "b"
+        assert 0.2 < time.monotonic() - start < 5
+        saver.join()
     finally:
-        os.close(fd)
-    assert not busy.exists()
+        for left in open_fds:
+            os.close(left)
+    assert sorted(os.listdir(tmp_path)) == ["enc"]
 
 
 def test_save_refuses_to_replace_other_files(tmp_path, two_encoders):

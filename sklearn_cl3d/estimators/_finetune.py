@@ -229,7 +229,10 @@ _COMMON_DOC = """
         or refitted, and :func:`~sklearn.base.clone` keeps the reference, so
         every clone in a cross-validation or grid search starts from the
         same weights), the directory of an encoder saved with
-        ``save_pretrained``, or None to train ``backbone`` from scratch.
+        ``save_pretrained`` (read with :func:`~sklearn_cl3d.load_pretrained`
+        and all its checks; if its config names your own classes, load it
+        with ``load_pretrained(path, custom_objects={...})`` and pass the
+        result instead), or None to train ``backbone`` from scratch.
         The pretrainer's input conventions carry over: for a
         :class:`~sklearn_cl3d.WSPPretrainer` with a 2-D encoder the network
         is trained on the kept slices of each volume (each slice labelled
@@ -443,7 +446,7 @@ class _BaseFineTuned(
         if pretrained is None:
             return None
         if isinstance(pretrained, str | os.PathLike):
-            from .._persistence import load_pretrained
+            from ..persistence import load_pretrained
 
             return load_pretrained(pretrained, device="cpu")
         if not isinstance(pretrained, BaseContrastivePretrainer):
