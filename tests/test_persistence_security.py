@@ -8,6 +8,7 @@ import copy
 import importlib
 import io
 import json
+import os
 import pickle
 import time
 import warnings
@@ -299,7 +300,8 @@ def test_values_are_checked_before_anything_is_built(
         ("input_shape_", {"__tuple__": [1, 2, 3, 4, 5]}, "not a per-sample shape"),
         ("input_shape_", "big", "not a per-sample shape"),
         ("_base_seed_", -1, "not a seed"),
-        ("n_features_in_", {"__object__": "torch.optim:Adam"}, "cannot be used"),
+        ("n_features_in_", {"__object__": "torch.optim:Adam"}, "plain data"),
+        ("n_features_in_", {"__import__": "torch:os.system"}, "plain data"),
     ],
 )
 def test_fitted_attributes_are_plain_checked_data(folder, name, value, match):
@@ -545,3 +547,18 @@ def test_nothing_is_imported_when_loading(folder, fitted, data, no_imports):
     np.testing.assert_array_equal(
         load_pretrained(folder).transform(X), fitted.transform(X)
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+def test_special_files_are_refused_without_blocking(folder):
+    (folder / WEIGHTS_NAME).unlink()
+    os.mkfifo(folder / WEIGHTS_NAME)  # opening it for reading would block
+    start = time.perf_counter()
+    _refused(folder, "weights.pt' is not a regular file")
+    assert time.perf_counter() - start < 5
+    (folder / WEIGHTS_NAME).unlink()
+    (folder / WEIGHTS_NAME).symlink_to("/dev/zero")
+    _refused(folder, "weights.pt' is not a regular file")
+    (folder / MANIFEST_NAME).unlink()
+    (folder / MANIFEST_NAME).symlink_to("/dev/zero")
+    _refused(folder, "manifest.json' is not a regular file")

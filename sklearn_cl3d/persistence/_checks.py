@@ -125,7 +125,7 @@ def holds_objects(value):
     if isinstance(value, list):
         return any(holds_objects(v) for v in value)
     if isinstance(value, dict):
-        if "__object__" in value or "__estimator__" in value:
+        if {"__object__", "__estimator__", "__import__"} & set(value):
             return True
         return any(holds_objects(v) for v in value.values())
     return False
@@ -286,7 +286,12 @@ def _validate(constraints, name, value, cls, ctx=None):
 
 
 def decode_params(cls, saved, overrides, ctx):
-    template = cls()
+    try:
+        template = cls()
+    except Exception as exc:
+        raise ctx.error(
+            "class", f"{cls.__name__}() cannot be built with its defaults ({exc})."
+        ) from None
     names = set(template.get_params(deep=False))
     prefixes = (
         set(getattr(template, "prefixes_", ())) | {"module", "criterion", "optimizer"}
@@ -355,10 +360,9 @@ def decode_fitted(cls, saved, ctx):
             raise ctx.error(
                 f"fitted.{name}", "not a fitted attribute a saved encoder may set."
             )
-        value = decode(raw, f"fitted.{name}", ctx, kinds=set())
         if holds_objects(raw):
             raise ctx.error(f"fitted.{name}", "fitted attributes are plain data.")
-        fitted[name] = value
+        fitted[name] = decode(raw, f"fitted.{name}", ctx, kinds=set())
     if "input_shape_" not in fitted:
         raise ctx.error("fitted.input_shape_", "missing: the network cannot be sized.")
     shape = fitted["input_shape_"]

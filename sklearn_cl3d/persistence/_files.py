@@ -325,17 +325,7 @@ def read_manifest(file, *, extra_keys=()):
         of this library (the message names the file and what is wrong).
     """
     file = Path(file)
-    try:
-        with open(file, "rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        raise PersistenceError(f"{str(file)!r} is missing.") from None
-    except OSError as exc:
-        raise PersistenceError(f"cannot read {str(file)!r}: {exc}") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise PersistenceError(
-            f"{str(file)!r} is larger than {MAX_MANIFEST_BYTES} bytes: not a manifest."
-        )
+    raw = read_bounded(file, MAX_MANIFEST_BYTES, what="manifest")
     manifest = _parse_json(raw, file)
     where = f"{str(file)!r}"
     if not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT:
@@ -455,7 +445,8 @@ def verify_file(folder, name, manifest, manifest_file, *, data=None):
 
 
 def read_bounded(file, limit, *, what="file"):
-    """Read a file of at most ``limit`` bytes (a longer one is refused unread).
+    """Read a regular file of at most ``limit`` bytes (a longer one is
+    refused unread; a pipe or device is refused without opening it).
 
     Raises
     ------
@@ -465,7 +456,11 @@ def read_bounded(file, limit, *, what="file"):
     """
     file = Path(file)
     try:
-        with open(file, "rb") as fh:
+        info = os.stat(file)
+        if not stat.S_ISREG(info.st_mode):
+            raise PersistenceError(f"{str(file)!r} is not a regular file.")
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        with os.fdopen(os.open(file, flags), "rb") as fh:
             info = os.fstat(fh.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise PersistenceError(f"{str(file)!r} is not a regular file.")
@@ -477,9 +472,7 @@ def read_bounded(file, limit, *, what="file"):
             return fh.read(limit + 1)
     except FileNotFoundError:
         raise PersistenceError(f"{str(file)!r} is missing.") from None
-    except IsADirectoryError:
-        raise PersistenceError(f"{str(file)!r} is not a regular file.") from None
-    except PermissionError as exc:
+    except OSError as exc:
         raise PersistenceError(f"cannot read {str(file)!r}: {exc}") from None
 
 

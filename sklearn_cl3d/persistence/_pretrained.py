@@ -381,6 +381,12 @@ def load_pretrained(
         ) from None
     state = load_weights(weights, weights_file)
     check_network_fits(estimator, fitted, state, config_file, weights_file)
-    initialize_for_inference(estimator, fitted=fitted)
-    network(estimator).load_state_dict(state)
+    try:
+        initialize_for_inference(estimator, fitted=fitted)
+        network(estimator).load_state_dict(state)
+    except Exception as exc:
+        raise PersistenceError(
+            f"{str(config_file)!r}: the {cls.__name__} it describes cannot be "
+            f"initialised ({type(exc).__name__}: {str(exc)[:300]})."
+        ) from None
     return estimator
