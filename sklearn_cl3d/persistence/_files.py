@@ -174,7 +174,18 @@ def commit_file(tmp, path):
     Parameters
     ----------
     tmp : str or path-like
+        From :func:`stage_file`.
     path : str or path-like
+        Destination.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> tmp = stage_file(os.path.join(d, "a.txt"), lambda p: open(p, "w").write("1"))
+    >>> commit_file(tmp, os.path.join(d, "a.txt"))
+    >>> open(os.path.join(d, "a.txt")).read()
+    '1'
     """
     os.replace(os.fspath(tmp), os.fspath(path))
 
@@ -185,6 +196,15 @@ def discard_file(tmp):
     Parameters
     ----------
     tmp : str or path-like
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> tmp = stage_file(os.path.join(tempfile.mkdtemp(), "a"), lambda p: None)
+    >>> discard_file(tmp)
+    >>> discard_file(tmp)  # already gone: nothing happens
+    >>> os.path.exists(tmp)
+    False
     """
     with contextlib.suppress(FileNotFoundError):
         os.remove(tmp)

@@ -257,6 +257,14 @@ def initialize_for_inference(estimator, input_shape=None, fitted=None):
     Returns
     -------
     estimator
+
+    Examples
+    --------
+    >>> from sklearn_cl3d import SimCLRPretrainer
+    >>> ssl = SimCLRPretrainer(backbone="mlp", hidden_dim=8, projection_dim=4,
+    ...                        device="cpu", random_state=0)
+    >>> initialize_for_inference(ssl, input_shape=(6,)).module_.backbone.in_features
+    6
     """
     for name, value in (fitted or {}).items():
         setattr(estimator, name, value)
