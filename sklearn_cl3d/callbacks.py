@@ -14,15 +14,8 @@ from skorch.callbacks.scoring import ScoringBase
 from skorch.utils import noop
 
 from .persistence._errors import PersistenceError
-from .persistence._files import (
-    atomic_write,
-    commit_file,
-    discard_file,
-    make_manifest,
-    read_manifest,
-    sha256_file,
-    stage_file,
-)
+from .persistence._files import atomic_write, commit_file, discard_file, stage_file
+from .persistence._manifest import make_manifest, read_manifest, sha256_file
 
 __all__ = ["AtomicCheckpoint", "StopOnNonFiniteLoss"]
 

@@ -21,7 +21,7 @@ from skorch.callbacks import Callback, LRScheduler
 from sklearn_cl3d import SimCLRPretrainer
 from sklearn_cl3d.callbacks import AtomicCheckpoint
 from sklearn_cl3d.persistence import PersistenceError
-from sklearn_cl3d.persistence._files import make_manifest, sha256_file
+from sklearn_cl3d.persistence._manifest import make_manifest, sha256_file
 
 TABULAR = dict(backbone="mlp", backbone__hidden_dims=(8,), batch_size=8, random_state=0)
 FILES = ["checkpoint.json", "criterion.pt", "history.json", "optimizer.pt", "params.pt"]

@@ -28,7 +28,7 @@ from sklearn_cl3d.persistence import (
     _checks as checks_module,
     _pretrained as pretrained_module,
 )
-from sklearn_cl3d.persistence._files import make_manifest
+from sklearn_cl3d.persistence._manifest import make_manifest
 
 TABULAR = dict(
     backbone="mlp",

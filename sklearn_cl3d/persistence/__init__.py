@@ -14,13 +14,8 @@ with :func:`register_serializable` and call these functions.
 """
 
 from ._errors import PersistenceError
-from ._files import (
-    MANIFEST_NAME,
-    atomic_write,
-    commit_file,
-    discard_file,
-    stage_file,
-)
+from ._files import atomic_write, commit_file, discard_file, stage_file
+from ._manifest import MANIFEST_NAME
 from ._pretrained import (
     CONFIG_NAME,
     WEIGHTS_NAME,

@@ -32,7 +32,7 @@ from sklearn.utils._param_validation import (
 from . import _registry
 from ._codec import decode
 from ._errors import PersistenceError
-from ._files import (
+from ._manifest import (
     MANIFEST_NAME,
     _parse_json,
     read_bounded,

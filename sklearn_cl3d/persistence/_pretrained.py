@@ -46,7 +46,8 @@ from ._checks import (
 )
 from ._codec import DecodeContext, encode, object_name
 from ._errors import PersistenceError
-from ._files import MANIFEST_NAME, recover_folder, replace_folder
+from ._files import recover_folder, replace_folder
+from ._manifest import MANIFEST_NAME
 
 __all__ = [
     "CONFIG_NAME",
