@@ -194,6 +194,8 @@ def test_save_refuses_to_replace_other_files(tmp_path, two_encoders):
     assert sorted(os.listdir(tmp_path)) == ["results"]
     (tmp_path / "empty").mkdir()
     assert _which(a.save_pretrained(tmp_path / "empty"), a, a) == "a"
+    with pytest.raises(ValueError, match="current folder"):
+        a.save_pretrained(os.getcwd())
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_pretrained(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="not a saved encoder"):

@@ -97,6 +97,11 @@ def _version():
 
 
 def _check_save_target(path):
+    if path.parent == path or path == Path.cwd():
+        raise ValueError(
+            f"{str(path)!r} cannot be replaced by a saved encoder (a filesystem "
+            "root or the current folder); save into a folder of its own."
+        )
     if os.path.lexists(path) and not path.is_dir():
         raise ValueError(f"{str(path)!r} exists and is not a directory.")
     if path.is_dir():
