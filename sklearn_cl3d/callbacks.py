@@ -258,12 +258,13 @@ class AtomicCheckpoint(Checkpoint):
         staged = manifest.get("staged", {})
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
             raise PersistenceError(f"{where}: 'epoch' must be a positive integer.")
+        own = set(self._files())
         if not isinstance(roles, dict) or not all(
-            isinstance(k, str) and k.startswith("f_") and v in manifest["files"]
-            for k, v in roles.items()
+            k in own and v in manifest["files"] for k, v in roles.items()
         ):
             raise PersistenceError(
-                f"{where}: 'roles' must map f_* arguments to listed files."
+                f"{where}: 'roles' must map this checkpoint's f_* arguments "
+                f"({', '.join(sorted(own))}) to listed files."
             )
         if not isinstance(staged, dict) or not all(
             name in manifest["files"]

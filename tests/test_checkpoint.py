@@ -219,6 +219,27 @@ def test_files_without_a_manifest_are_not_resumed(tmp_path, X):
         _resume(tmp_path, X, 2)
 
 
+def test_a_crafted_manifest_is_refused(tmp_path, X):
+    cp = AtomicCheckpoint(dirname=str(tmp_path))
+    SimCLRPretrainer(**TABULAR, max_epochs=1, callbacks=[("cp", cp)]).fit(X)
+    path = tmp_path / "checkpoint.json"
+    good = json.loads(path.read_text())
+    params = good["files"]["params.pt"]
+    for edit, match in (
+        (lambda m: m["roles"].update(f_evil="params.pt"), "'roles' must map"),
+        (lambda m: m["roles"].update(f_params="other.pt"), "'roles' must map"),
+        (lambda m: m.update(staged={"params.pt": "../../x"}), "'staged' must map"),
+        (lambda m: m.update(epoch=0), "'epoch' must be a positive"),
+        (lambda m: m["files"].update({"../params.pt": params}), "plain file name"),
+        (lambda m: m.update(extra=1), "unexpected keys"),
+    ):
+        manifest = copy.deepcopy(good)
+        edit(manifest)
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(PersistenceError, match=match):
+            _resume(tmp_path, X, 2)
+
+
 def test_stale_temporary_files_are_removed(tmp_path, X):
     cp = AtomicCheckpoint(dirname=str(tmp_path))
     SimCLRPretrainer(**TABULAR, max_epochs=1, callbacks=[("cp", cp)]).fit(X)
