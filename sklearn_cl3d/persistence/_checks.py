@@ -231,7 +231,7 @@ def _check_config(config, file, *, manifest):
 def check_trust_imports(trust_imports):
     if trust_imports is None:
         return
-    if trust_imports is True:
+    if trust_imports:
         raise ValueError(
             "trust_imports=True is no longer supported: a saved encoder never "
             "imports anything named in its files. Pass your own classes and "
