@@ -50,7 +50,7 @@ _FORMAT = "sklearn_cl3d.pretrained"
 _FORMAT_VERSION = 2
 #: A config holds parameters and small fitted arrays; a longer file is
 #: refused unread.
-MAX_CONFIG_BYTES = 64 << 20
+MAX_CONFIG_BYTES = 16 << 20
 
 _CONFIG_KEYS = {"format", "format_version", "class", "params", "fitted", "versions"}
 
