@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import _registry
+from . import _checks, _registry
 from ._checks import (
     _FITTED_NAME,
     _FORMAT,
@@ -225,6 +225,12 @@ def save_pretrained(estimator, path, *, exclude=()):
         "versions": {"sklearn_cl3d": _version(), "torch": torch.__version__},
     }
     text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
+    if len(text.encode("utf-8")) > _checks.MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"The config of this {cls.__name__} would be larger than "
+            f"{_checks.MAX_CONFIG_BYTES} bytes, which load_pretrained refuses; "
+            "leave the large parameters out with exclude=[...]."
+        )
     state = {k: v.detach().cpu() for k, v in network(estimator).state_dict().items()}
     check_finite(state, "the network to save")
     buffer = io.BytesIO()
