@@ -1,35 +1,54 @@
-"""The main job: y-Aware vs SimCLR vs a random encoder on the built-in brain cohort.
+"""The main job: does y-Aware pretraining help a diagnosis with few labels?
 
 The cohort (:func:`sklearn_cl3d.datasets.make_brain_cohort`) is synthetic MRI
-built offline from the MNI152 templates: the diagnosis is *accelerated ageing*
-(brain age ahead of age), so age alone carries no diagnostic information while
-the images show brain age. Encoders are pretrained on an unlabelled part with
-age as the only metadata; a logistic regression on frozen features plus age is
-then trained on labelled subsets of several sizes and scored on held-out
-subjects (:func:`sklearn_cl3d.evaluation.label_efficiency`).
+built offline from the MNI152 templates: the diagnosis is *accelerated
+ageing* (brain age ahead of age), so age alone carries no diagnostic
+information while the images show brain age. Encoders are pretrained on an
+unlabelled part with age as the only metadata, with several pretraining
+seeds; a logistic regression on [frozen features, age] is then trained on
+labelled subsets of several sizes and scored on held-out subjects
+(:func:`sklearn_cl3d.evaluation.label_efficiency`). The same probe runs on
+simple baselines fitted on the same unlabelled subjects (age alone, PCA of
+the voxels, and a ridge regression of age on the voxels: the supervised
+"brain-age" reference), and the paired differences of y-Aware to each of them
+are given with bootstrap 95 % confidence intervals over pretraining seeds and
+splits (:func:`sklearn_cl3d.evaluation.paired_differences`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
 from skorch.callbacks import Callback
 
-__all__ = ["PRESETS", "run_demo"]
+__all__ = ["PRESETS", "DemoConfigError", "run_demo"]
+
+#: Voxels per volume of the cohort at each resolution (mm).
+_VOXELS = {2: 99 * 117 * 95, 4: 50 * 59 * 48, 8: 25 * 30 * 24}
+
+
+class DemoConfigError(ValueError):
+    """A demo setting that cannot work, found before any computation."""
+
 
 PRESETS = {
-    # small CNN and a higher learning rate: minutes on a 2-core CPU
+    # 8 mm volumes, a small CNN, 30 epochs of Adam 1e-3: about 1.5 min per
+    # pretraining on 2 cores (see the user guide, "When y-Aware helps")
     "cpu": {
-        "resolution": 4,
+        "resolution": 8,
         "n_unlabelled": 600,
         "label_counts": (100, 200, 400),
-        "max_epochs": 10,
+        "max_epochs": 30,
+        "n_seeds": 3,
+        "n_repeats": 10,
         "estimator": {
             "backbone": "small3d",
-            "backbone__channels": (4, 8, 16),
+            "backbone__channels": (8, 16, 32),
             "batch_size": 32,
             "lr": 1e-3,
         },
@@ -40,9 +59,20 @@ PRESETS = {
         "n_unlabelled": 2000,
         "label_counts": (100, 200, 400),
         "max_epochs": 100,
+        "n_seeds": 3,
+        "n_repeats": 10,
         "estimator": {"backbone": "densenet121", "batch_size": 64, "lr": 1e-4},
     },
 }
+
+#: Row order of the printed table.
+AGE = "age only"
+PCA = "PCA(50) + age"
+BRAIN_AGE = "brain-age reference"
+RANDOM = "random network"
+SIMCLR = "SimCLR"
+YAWARE = "y-Aware"
+METHODS = (AGE, PCA, BRAIN_AGE, RANDOM, SIMCLR, YAWARE)
 
 
 class _EpochLog(Callback):
@@ -55,7 +85,7 @@ class _EpochLog(Callback):
     def on_epoch_end(self, net, **kwargs):
         row = net.history[-1]
         self.log(
-            f"    {self.name:<8} epoch {row['epoch']:>3}/{net.max_epochs}  "
+            f"    {self.name:<16} epoch {row['epoch']:>3}/{net.max_epochs}  "
             f"loss {row['train_loss']:.4f}  ({row['dur']:.1f} s)"
         )
 
@@ -68,51 +98,176 @@ def _n_labelled(max_labels, test_size):
     return n
 
 
+def _machine():
+    """CPU model, cores and library versions (recorded with every run)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+def _check_config(
+    n_unlabelled,
+    label_counts,
+    max_epochs,
+    resolution,
+    n_seeds,
+    n_repeats,
+    test_size,
+    random_state,
+    out_dir,
+):
+    """Refuse settings that cannot work, before generating anything."""
+
+    def positive(value, name, low=1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DemoConfigError(f"{name} must be an integer >= {low}; got {value!r}.")
+
+    positive(n_unlabelled, "n_unlabelled")
+    positive(max_epochs, "max_epochs", 0)
+    positive(n_seeds, "n_seeds")
+    positive(n_repeats, "n_repeats")
+    positive(random_state, "random_state", 0)
+    if not label_counts:
+        raise DemoConfigError("label_counts is empty.")
+    for n in label_counts:
+        # a stratified draw and a logistic regression need a few of each class
+        positive(n, "every number of labels (label_counts)", 10)
+    if resolution not in _VOXELS:
+        raise DemoConfigError(
+            f"resolution must be one of {sorted(_VOXELS)} (mm); got {resolution!r}."
+        )
+    if not (isinstance(test_size, float) and 0.0 < test_size < 1.0):
+        raise DemoConfigError(
+            f"test_size must be a float in (0, 1); got {test_size!r}."
+        )
+    n_total = n_unlabelled + _n_labelled(max(label_counts), test_size)
+    need = n_total * _VOXELS[resolution] * 4  # float32 volumes, held in memory
+    have = _physical_memory()
+    if have is not None and need > 0.5 * have:
+        raise DemoConfigError(
+            f"{n_total} subjects at {resolution} mm need {need / 2**30:.1f} GiB in "
+            f"memory, more than half of this machine's {have / 2**30:.1f} GiB: use "
+            "fewer labels (--labels), fewer unlabelled subjects (--n-unlabelled) "
+            "or a coarser resolution."
+        )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DemoConfigError(
+            f"out_dir {str(out)!r} exists and is not a folder: choose another "
+            "output folder (--out)."
+        )
+
+
+def _pretrain(name, make, seeds, X, age, log, fit_seconds):
+    """Fit ``make(seed)`` once per seed; return the fitted estimators."""
+    fitted = []
+    for seed in seeds:
+        est = make(seed)
+        label = f"{name} s{seed}"
+        if est.max_epochs:
+            est.set_params(callbacks=[("epoch_log", _EpochLog(label, log))])
+            log(f"Pretraining {name} (seed {seed}) ...")
+        t = time.perf_counter()
+        est.fit(X, age)
+        fit_seconds.setdefault(name, []).append(time.perf_counter() - t)
+        if est.max_epochs:
+            log(f"  done in {fit_seconds[name][-1]:.0f} s")
+        fitted.append(est)
+    return fitted
+
+
+def _fmt_ci(row):
+    return (
+        f"{row['mean_difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    )
+
+
 def run_demo(
     preset="cpu",
     n_unlabelled=None,
     label_counts=None,
     max_epochs=None,
     resolution=None,
-    n_repeats=5,
+    n_seeds=None,
+    n_repeats=None,
     test_size=0.25,
     device="auto",
     random_state=0,
     out_dir="demo_output",
     log=print,
 ):
-    """Pretrain encoders, then score linear probes by number of labels.
+    """Pretrain encoders with several seeds, then compare linear probes.
 
-    The probes are evaluated with
+    For each pretraining seed, y-Aware and SimCLR are pretrained on the
+    unlabelled subjects (age as y-Aware's metadata), and a network of the
+    same architecture is left untrained ("random network"). Baselines fitted
+    on the same unlabelled subjects: PCA of the z-scored voxels
+    (:class:`~sklearn_cl3d.baselines.VoxelPCA`, 50 components) and a ridge
+    regression of age on 200 voxel principal components
+    (:class:`~sklearn_cl3d.baselines.VoxelProxyRegression`, the supervised
+    "brain-age" reference: the probe sees the predicted and the true age, so
+    the gap between them). Every method is scored with
     :func:`~sklearn_cl3d.evaluation.label_efficiency` (protocol
-    ``"linear_probe"``, age as a covariate): for each repeat, a stratified
-    split holds out ``test_size`` of the labelled subjects as the test set;
-    ``n`` subjects drawn (stratified) from the rest train the probe.
+    ``"linear_probe"``: standardisation + logistic regression on the
+    features and age): for each of ``n_repeats`` stratified shuffle splits,
+    ``test_size`` of the labelled subjects are held out and ``n`` subjects
+    drawn (stratified) from the rest train the probe. The table gives the
+    mean and standard deviation (``ddof=1``) of the ROC-AUC over seeds x
+    splits; the paired differences of y-Aware to every other method come
+    with bootstrap 95 % CIs resampling seeds and splits
+    (:func:`~sklearn_cl3d.evaluation.paired_differences`).
 
     Parameters
     ----------
     preset : {"cpu", "paper"}, default="cpu"
-        ``"cpu"``: small CNN on the 4 mm cohort (a few minutes on 2 cores);
-        ``"paper"``: DenseNet-121 with the paper's optimiser settings at 2 mm
-        (needs a GPU). The other arguments override the preset.
+        ``"cpu"``: small CNN on the 8 mm cohort (about ten minutes on 2
+        cores); ``"paper"``: DenseNet-121 with the paper's optimiser
+        settings at 2 mm (needs a GPU). The other arguments override the
+        preset.
     n_unlabelled : int, default=None
-        Subjects used for pretraining (age only).
+        Subjects used for pretraining (age only) and for the baselines.
     label_counts : tuple of int, default=None
         Numbers of labelled training subjects for the probe.
     max_epochs : int, default=None
         Pretraining epochs.
-    resolution : {2, 4}, default=None
+    resolution : {2, 4, 8}, default=None
         Cohort voxel size in mm.
-    n_repeats : int, default=5
-        Repeats (random stratified splits) of the probe evaluation.
+    n_seeds : int, default=None
+        Pretraining seeds per method (``random_state``, ``random_state + 1``,
+        ...).
+    n_repeats : int, default=None
+        Random stratified splits of the probe evaluation.
     test_size : float, default=0.25
-        Held-out fraction of the labelled subjects in every repeat; enough
+        Held-out fraction of the labelled subjects in every split; enough
         labelled subjects are generated for the largest label count to fit
         in the rest.
     device : str, default="auto"
         Torch device of the pretrainers.
     random_state : int, default=0
-        Seed of everything.
+        Seed of the cohort, the splits and the first pretraining seed.
     out_dir : str or Path, default="demo_output"
         Where ``results.json`` and ``auc_vs_labels.png`` (with matplotlib)
         are written.
@@ -121,13 +276,15 @@ def run_demo(
 
     Returns
     -------
-    list of dict
-        One row per (encoder, number of labels): mean and sd of the test
-        ROC-AUC over the repeats.
+    dict
+        ``summary`` (one row per method and number of labels: mean, sd, n),
+        ``differences`` (y-Aware minus each other method, with CIs),
+        ``scores`` (every seed x split score) and ``seconds``.
     """
+    from .baselines import VoxelPCA, VoxelProxyRegression
     from .datasets import make_brain_cohort
     from .estimators import SimCLRPretrainer, YAwarePretrainer
-    from .evaluation import _summary, label_efficiency
+    from .evaluation import label_efficiency, paired_differences, summarize
 
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {preset!r}.")
@@ -136,10 +293,19 @@ def run_demo(
     label_counts = tuple(cfg["label_counts"] if label_counts is None else label_counts)
     max_epochs = cfg["max_epochs"] if max_epochs is None else max_epochs
     resolution = cfg["resolution"] if resolution is None else resolution
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be in (0, 1); got {test_size!r}.")
+    n_seeds = cfg["n_seeds"] if n_seeds is None else n_seeds
+    n_repeats = cfg["n_repeats"] if n_repeats is None else n_repeats
+    _check_config(
+        n_unlabelled, label_counts, max_epochs, resolution, n_seeds, n_repeats,
+        test_size, random_state, out_dir,
+    )  # fmt: skip
+    out = Path(out_dir)
 
     t0 = time.perf_counter()
+    machine = _machine()
+    log(
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}"
+    )
     n_labelled = _n_labelled(max(label_counts), test_size)
     n_total = n_unlabelled + n_labelled
     log(f"Generating the brain cohort: {n_total} subjects at {resolution} mm ...")
@@ -147,27 +313,47 @@ def run_demo(
         n_total, resolution=resolution, random_state=random_state
     )
     X, age, dx = cohort.volumes, cohort.age, cohort.diagnosis
-    log(f"  volumes {X.shape[1:]} in {time.perf_counter() - t0:.0f} s")
+    log(f"  volumes {X.shape[2:]} in {time.perf_counter() - t0:.0f} s")
     X_pre, age_pre = X[:n_unlabelled], age[:n_unlabelled]
     X_lab, dx_lab, age_lab = X[n_unlabelled:], dx[n_unlabelled:], age[n_unlabelled:]
 
-    common = dict(cfg["estimator"], device=device, random_state=random_state)
-    encoders = {
-        "y-Aware": YAwarePretrainer(sigma=5.0, max_epochs=max_epochs, **common),
-        "SimCLR": SimCLRPretrainer(max_epochs=max_epochs, **common),
-        "random": SimCLRPretrainer(max_epochs=0, **common),
-    }
-    for name, enc in encoders.items():
-        t = time.perf_counter()
-        log(f"Pretraining {name} on {n_unlabelled} unlabelled subjects ...")
-        enc.set_params(callbacks=[("epoch_log", _EpochLog(name, log))])
-        enc.fit(X_pre, age_pre)
-        log(f"  done in {time.perf_counter() - t:.0f} s")
+    seeds = [random_state + k for k in range(n_seeds)]
+    common = dict(cfg["estimator"], device=device)
+    fit_seconds = {}
+    t = time.perf_counter()
+    log(f"Fitting the voxel baselines on {n_unlabelled} unlabelled subjects ...")
+    pca = VoxelPCA(min(50, n_unlabelled), random_state=random_state).fit(X_pre)
+    brain_age = VoxelProxyRegression(
+        min(200, n_unlabelled), random_state=random_state
+    ).fit(X_pre, age_pre)
+    fit_seconds["baselines"] = [time.perf_counter() - t]
+    methods = {
+        AGE: None,
+        PCA: pca,
+        BRAIN_AGE: brain_age,
+        RANDOM: _pretrain(
+            RANDOM,
+            lambda s: SimCLRPretrainer(max_epochs=0, random_state=s, **common),
+            seeds, X_pre, age_pre, log, fit_seconds,
+        ),
+        SIMCLR: _pretrain(
+            SIMCLR,
+            lambda s: SimCLRPretrainer(max_epochs=max_epochs, random_state=s, **common),
+            seeds, X_pre, age_pre, log, fit_seconds,
+        ),
+        YAWARE: _pretrain(
+            YAWARE,
+            lambda s: YAwarePretrainer(
+                sigma=5.0, max_epochs=max_epochs, random_state=s, **common
+            ),
+            seeds, X_pre, age_pre, log, fit_seconds,
+        ),
+    }  # fmt: skip
 
-    # the diagnosis is brain age relative to age: the probe gets both, and
-    # the method without an encoder ("age only") gets age alone
+    # the diagnosis is brain age relative to age: every probe gets age too,
+    # and "age only" gets age alone
     scores = label_efficiency(
-        {"age only": None, **encoders},
+        methods,
         X_lab,
         dx_lab,
         label_counts,
@@ -178,32 +364,41 @@ def run_demo(
         scoring="roc_auc",
         random_state=random_state,
     )
-    rows = [
-        {
-            "encoder": s["method"],
-            "n_labels": s["n_labels"],
-            "auc_mean": s["mean"],
-            "auc_sd": s["std"],
-        }
-        for s in _summary(scores)
-    ]
+    summary = summarize(scores)
+    differences = []
+    for other in METHODS[:-1]:
+        for row in paired_differences(
+            scores, reference=other, random_state=random_state
+        ):
+            if row["method"] == YAWARE:
+                row = {k: v for k, v in row.items() if k != "differences"}
+                differences.append(row)
     n_test = int(np.ceil(test_size * n_labelled))
 
     log(
-        "\nLogistic regression on [frozen features, age]: ROC-AUC on "
-        f"{n_test} held-out subjects, mean ± sd over {n_repeats} repeats, by "
-        "number of labelled training subjects"
+        f"\nLogistic regression on [features, age]: ROC-AUC on {n_test} held-out "
+        f"subjects, mean ± sd over {n_seeds} pretraining seeds x {n_repeats} "
+        "splits, by number of labelled training subjects"
     )
-    log(f"{'encoder':<12}" + "".join(f"{n:>16}" for n in label_counts))
-    for name in dict.fromkeys(r["encoder"] for r in rows):
-        cells = [
-            f"{r['auc_mean']:.3f} ± {r['auc_sd']:.3f}"
-            for r in rows
-            if r["encoder"] == name
+    log(f"{'method':<22}" + "".join(f"{n:>16}" for n in label_counts))
+    for name in METHODS:
+        cells = {s["n_labels"]: s for s in summary if s["method"] == name}
+        text = [
+            f"{cells[n]['mean']:.3f} ± {cells[n]['std']:.3f}" if n in cells else "-"
+            for n in label_counts
         ]
-        log(f"{name:<12}" + "".join(f"{c:>16}" for c in cells))
+        log(f"{name:<22}" + "".join(f"{c:>16}" for c in text))
+    log(
+        "\ny-Aware minus each method: mean paired difference [95 % bootstrap CI "
+        "over seeds and splits]"
+    )
+    log(f"{'y-Aware minus':<22}" + "".join(f"{n:>26}" for n in label_counts))
+    for other in METHODS[:-1]:
+        cells = {d["n_labels"]: d for d in differences if d["reference"] == other}
+        text = [_fmt_ci(cells[n]) if n in cells else "-" for n in label_counts]
+        log(f"{other:<22}" + "".join(f"{c:>26}" for c in text))
 
-    out = Path(out_dir)
+    seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": {
@@ -213,6 +408,8 @@ def run_demo(
             "label_counts": list(label_counts),
             "max_epochs": max_epochs,
             "resolution_mm": resolution,
+            "volume_shape": list(X.shape[2:]),
+            "seeds": seeds,
             "n_repeats": n_repeats,
             "test_size": test_size,
             "n_test": n_test,
@@ -223,18 +420,36 @@ def run_demo(
             },
             "data": "make_brain_cohort (synthetic, from the MNI152 templates)",
             "probe": "StandardScaler + LogisticRegression on [features, age]",
-            "evaluation": "sklearn_cl3d.evaluation.label_efficiency, linear probe",
+            "evaluation": "sklearn_cl3d.evaluation.label_efficiency, linear "
+            "probe, stratified shuffle splits; paired_differences: crossed "
+            "bootstrap over seeds and splits",
         },
-        "results": rows,
+        "machine": machine,
+        "summary": summary,
+        "differences": differences,
         "scores": scores,
-        "seconds": time.perf_counter() - t0,
+        "fit_seconds": fit_seconds,
+        "seconds": seconds,
     }
     tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
     tmp.replace(out / "results.json")
     _plot(scores, out / "auc_vs_labels.png", log)
-    log(f"Wrote {out / 'results.json'}; {payload['seconds']:.0f} s in total.")
-    return rows
+    log(f"Wrote {out / 'results.json'}; {seconds:.0f} s in total.")
+    return {
+        "summary": summary,
+        "differences": differences,
+        "scores": scores,
+        "seconds": seconds,
+    }
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _plot(scores, path, log):
@@ -248,7 +463,7 @@ def _plot(scores, path, log):
         return
     from .evaluation import plot_label_efficiency
 
-    fig, ax = plt.subplots(figsize=(6.2, 3.5))
+    fig, ax = plt.subplots(figsize=(6.6, 3.6))
     plot_label_efficiency(scores, ax=ax, ylabel="ROC-AUC (logistic probe)")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
