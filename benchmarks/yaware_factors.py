@@ -80,6 +80,8 @@ VARIANTS = {
     "features: hidden layer": {"feature_layer": "hidden"},
     "features: projection": {"feature_layer": "projection"},
     "input: grey-matter maps": {"modality": "GM"},
+    "SimCLR on grey-matter maps": {"modality": "GM", "method": "SimCLR"},
+    "random network on grey-matter maps": {"modality": "GM", "method": "random"},
     "resolution 4 mm": {"resolution": 4},
     "previous demo preset (4 mm, 4-8-16, 10 epochs)": {
         "resolution": 4,
@@ -239,20 +241,24 @@ def run(names, seed, n_splits, cache_dir, log, checkpoint=None):
             f"AUC@400 {row['auc_400']:.3f} ± {row['sd_400']:.3f}  "
             f"age r {age_r:.2f}  fit {fit_s:.0f} s"
         )
-        if cfg["resolution"] == BASE["resolution"] and cfg["modality"] == "T1w":
-            if "baselines" not in base_features:
-                pca = VoxelPCA(50, random_state=0).fit(Xu)
-                reg = VoxelProxyRegression(200, random_state=0).fit(Xu, au)
-                age_probe = _probe(BASE["probe"])
-                base_features["baselines"] = {
-                    "age only": _split_scores(al[:, None], yl, splits, age_probe),
-                    "PCA(50) + age": _split_scores(
-                        np.c_[pca.transform(Xl), al], yl, splits, age_probe
-                    ),
-                    "brain-age reference": _split_scores(
-                        np.c_[reg.transform(Xl), al], yl, splits, age_probe
-                    ),
-                }
+        # the voxel baselines of each input at the base resolution
+        where = f"{cfg['modality']}, {cfg['resolution']} mm"
+        baselines = base_features.setdefault("baselines", {})
+        if cfg["resolution"] == BASE["resolution"] and where not in baselines:
+            pca = VoxelPCA(50, random_state=0).fit(Xu)
+            reg = VoxelProxyRegression(200, random_state=0).fit(Xu, au)
+            age_probe = _probe(BASE["probe"])
+            baselines[where] = {
+                "age only": _split_scores(al[:, None], yl, splits, age_probe),
+                "PCA(50) + age": _split_scores(
+                    np.c_[pca.transform(Xl), al], yl, splits, age_probe
+                ),
+                "brain-age reference": _split_scores(
+                    np.c_[reg.transform(Xl), al], yl, splits, age_probe
+                ),
+            }
+            if checkpoint is not None:
+                checkpoint(rows, base_features)
     return _tables(rows, base_features, seed)
 
 
@@ -266,8 +272,8 @@ def _tables(rows, base_features, seed):
                 d = np.subtract(r["scores"][str(n)], base["scores"][str(n)])
                 r[f"diff_vs_base_{n}"] = _paired_ci(d, rng)
     baselines = {
-        k: {str(n): v[n] for n in LABELS}
-        for k, v in base_features.get("baselines", {}).items()
+        where: {k: {str(n): v[n] for n in LABELS} for k, v in table.items()}
+        for where, table in base_features.get("baselines", {}).items()
     }
     return rows, baselines
 

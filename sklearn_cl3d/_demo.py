@@ -1,18 +1,19 @@
 """The main job: does y-Aware pretraining help a diagnosis with few labels?
 
-The cohort (:func:`sklearn_cl3d.datasets.make_brain_cohort`) is synthetic MRI
-built offline from the MNI152 templates: the diagnosis is *accelerated
+The cohort (:func:`sklearn_cl3d.datasets.make_brain_cohort`) is synthetic
+MRI built offline from the MNI152 templates: the diagnosis is *accelerated
 ageing* (brain age ahead of age), so age alone carries no diagnostic
-information while the images show brain age. Encoders are pretrained on an
-unlabelled part with age as the only metadata, with several pretraining
-seeds; a logistic regression on [frozen features, age] is then trained on
-labelled subsets of several sizes and scored on held-out subjects
-(:func:`sklearn_cl3d.evaluation.label_efficiency`). The same probe runs on
-simple baselines fitted on the same unlabelled subjects (age alone, PCA of
-the voxels, and a ridge regression of age on the voxels: the supervised
-"brain-age" reference), and the paired differences of y-Aware to each of them
-are given with bootstrap 95 % confidence intervals over pretraining seeds and
-splits (:func:`sklearn_cl3d.evaluation.paired_differences`).
+information while the images show brain age (T1 images at 8 mm for CPUs).
+Encoders are pretrained on an unlabelled part with age as the only metadata,
+with several pretraining seeds; a logistic regression on [frozen features,
+age] is then trained on labelled subsets of several sizes and scored on
+held-out subjects (:func:`sklearn_cl3d.evaluation.label_efficiency`). The
+same probe runs on simple baselines fitted on the same unlabelled subjects
+(age alone, PCA of the voxels, and a ridge regression of age on the voxels:
+the supervised "brain-age" reference), and the paired differences of y-Aware
+to each of them are given with bootstrap 95 % confidence intervals over
+pretraining seeds and splits
+(:func:`sklearn_cl3d.evaluation.paired_differences`).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ class DemoConfigError(ValueError):
 
 
 PRESETS = {
-    # 8 mm volumes, a small CNN, 30 epochs of Adam 1e-3: about 1.5 min per
-    # pretraining on 2 cores (see the user guide, "When y-Aware helps")
+    # T1 images at 8 mm, a small CNN, 30 epochs of Adam 1e-3: about 1.5 min
+    # per pretraining on 2 cores (user guide, "When y-Aware helps")
     "cpu": {
         "resolution": 8,
+        "modality": "T1w",
         "n_unlabelled": 600,
         "label_counts": (100, 200, 400),
         "max_epochs": 30,
@@ -56,6 +58,7 @@ PRESETS = {
     # the paper's setting (DenseNet-121, Adam 1e-4, 64 pairs, 100 epochs): a GPU
     "paper": {
         "resolution": 2,
+        "modality": "T1w",
         "n_unlabelled": 2000,
         "label_counts": (100, 200, 400),
         "max_epochs": 100,
@@ -243,10 +246,10 @@ def run_demo(
     Parameters
     ----------
     preset : {"cpu", "paper"}, default="cpu"
-        ``"cpu"``: small CNN on the 8 mm cohort (about ten minutes on 2
+        ``"cpu"``: small CNN on the 8 mm T1 images (about ten minutes on 2
         cores); ``"paper"``: DenseNet-121 with the paper's optimiser
-        settings at 2 mm (needs a GPU). The other arguments override the
-        preset.
+        settings on 2 mm T1 images (needs a GPU). The other arguments
+        override the preset.
     n_unlabelled : int, default=None
         Subjects used for pretraining (age only) and for the baselines.
     label_counts : tuple of int, default=None
@@ -308,9 +311,15 @@ def run_demo(
     )
     n_labelled = _n_labelled(max(label_counts), test_size)
     n_total = n_unlabelled + n_labelled
-    log(f"Generating the brain cohort: {n_total} subjects at {resolution} mm ...")
+    log(
+        f"Generating the brain cohort: {n_total} subjects, {cfg['modality']} maps "
+        f"at {resolution} mm ..."
+    )
     cohort = make_brain_cohort(
-        n_total, resolution=resolution, random_state=random_state
+        n_total,
+        resolution=resolution,
+        modality=cfg["modality"],
+        random_state=random_state,
     )
     X, age, dx = cohort.volumes, cohort.age, cohort.diagnosis
     log(f"  volumes {X.shape[2:]} in {time.perf_counter() - t0:.0f} s")
@@ -408,6 +417,7 @@ def run_demo(
             "label_counts": list(label_counts),
             "max_epochs": max_epochs,
             "resolution_mm": resolution,
+            "modality": cfg["modality"],
             "volume_shape": list(X.shape[2:]),
             "seeds": seeds,
             "n_repeats": n_repeats,
