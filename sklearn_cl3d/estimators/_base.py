@@ -15,7 +15,6 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
     StrOptions,
@@ -44,7 +43,7 @@ from ._device import (
     resolve_memory_format,
     resolve_precision,
 )
-from ._skorch import DevicePlumbingMixin, SkorchEstimatorMixin
+from ._skorch import DevicePlumbingMixin, SkorchEstimatorMixin, draw_base_seed
 
 __all__ = [
     "BaseContrastivePretrainer",
@@ -454,8 +453,7 @@ class BaseContrastivePretrainer(
             X = check_volumes(self, X, reset=reset)
             target = meta = self._metadata(X.shape[0], y, fit_params)
         if reset:
-            rng = check_random_state(self.random_state)
-            self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+            self._base_seed_ = draw_base_seed(self.random_state)
         offset = 0 if reset else len(self.history)
         with self._on_device() as device, self._seeded(offset):
             self.device_ = device
@@ -528,7 +526,8 @@ class BaseContrastivePretrainer(
             out = [
                 f.numpy() for f in self.forward_iter(X, training=False, device="cpu")
             ]
-        return np.concatenate(out).astype(np.float32, copy=False)
+        out = np.concatenate(out).astype(np.float32, copy=False)
+        return self._check_finite_output(out)
 
     # ----------------------------------------------------- persistence
 

@@ -1,16 +1,25 @@
 """scikit-learn plumbing every skorch-based estimator of the package shares:
-parameter names and validation, ``device="auto"`` across pickling, and
-pretrained weights passed by reference through ``clone``."""
+parameter names and validation, ``device="auto"`` across pickling, each
+fit's own random streams, and pretrained weights passed by reference through
+``clone``."""
 
 from __future__ import annotations
 
 import copy
+import threading
 from contextlib import contextmanager, nullcontext
+from numbers import Integral, Real
 
+import numpy as np
 import torch
 from sklearn.base import clone
-from sklearn.utils._param_validation import validate_parameter_constraints
-from skorch.utils import to_tensor
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    validate_parameter_constraints,
+)
+from skorch.utils import to_device, to_tensor
 
 from .. import distributed as _dist
 from .._heap import cpu_heap_reuse
@@ -23,9 +32,199 @@ from ._device import (
 
 __all__ = [
     "DevicePlumbingMixin",
+    "FitRandomness",
     "PretrainedByReferenceMixin",
     "SkorchEstimatorMixin",
+    "draw_base_seed",
 ]
+
+# Held while torch's global random state belongs to one fit (see FitRandomness).
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+# Modules of these packages use torch's global RNG only where
+# ``_module_draws_from_global_rng`` looks (dropout-like layers).
+_KNOWN_MODULE_PACKAGES = ("torch.nn.", "sklearn_cl3d.")
+
+
+def draw_base_seed(random_state):
+    """The base seed of a fit, drawn without touching numpy's global RNG.
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.RandomState or None
+        An int gives the same seed every time; a ``RandomState`` instance is
+        drawn from (it is the caller's own object); None draws fresh entropy
+        from the operating system, so ``np.random.seed`` has no effect on it.
+
+    Returns
+    -------
+    int
+        A seed in ``[0, 2**31 - 1)``.
+
+    Examples
+    --------
+    >>> draw_base_seed(0) == draw_base_seed(0)
+    True
+    """
+    high = np.iinfo(np.int32).max
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] % high)
+    return int(check_random_state(random_state).randint(high))
+
+
+def _rng_states(devices):
+    """torch's global random state: the CPU's and each CUDA device's."""
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _set_rng_states(states, devices):
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    for device, state in zip(devices, cuda):
+        torch.cuda.set_rng_state(state, device)
+
+
+class FitRandomness:
+    """One fit's stream of torch's global random numbers, thread-safe.
+
+    Code that cannot take a ``generator`` (weight initialisation inside
+    module constructors, dropout, ``DataLoader`` shuffling without one, user
+    callbacks) draws from torch's *global* RNG, which is shared by every
+    thread of the process. This object keeps a private copy of that state
+    for one fit: inside :meth:`active`, a process-wide lock is held and the
+    global state is this fit's; on leaving, the fit's state is saved and the
+    previous global state put back. So a fit never changes the global state
+    seen outside it, and two fits in two threads draw the same numbers as
+    they would one after the other.
+
+    :meth:`suspended` gives the global state back and releases the lock for
+    a block that draws no global random number (a training step of a network
+    without dropout), so that such blocks of concurrent fits run in parallel.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the stream (as ``torch.manual_seed(seed)``).
+    devices : list of int, default=()
+        CUDA devices whose global state belongs to the stream too.
+
+    Examples
+    --------
+    >>> import torch
+    >>> before = torch.get_rng_state()
+    >>> rng = FitRandomness(0)
+    >>> with rng.active():
+    ...     a = torch.rand(2)
+    >>> with rng.active():
+    ...     b = torch.rand(2)
+    >>> bool(torch.equal(torch.get_rng_state(), before))
+    True
+    >>> bool(torch.equal(torch.cat([a, b]), torch.manual_seed(0).rand(4)))
+    True
+    """
+
+    def __init__(self, seed, devices=()):
+        self.devices = [int(d) for d in devices]
+        cpu = torch.Generator().manual_seed(int(seed)).get_state()
+        cuda = [
+            torch.Generator(device=f"cuda:{d}").manual_seed(int(seed)).get_state()
+            for d in self.devices
+        ]
+        self._states = (cpu, cuda)
+        self._outer = []  # global states to put back, innermost last
+        self._owner = None  # thread whose global state is this stream
+
+    def _swap_in(self):
+        _GLOBAL_RNG_LOCK.acquire()
+        try:
+            self._outer.append(_rng_states(self.devices))
+            _set_rng_states(self._states, self.devices)
+        except BaseException:
+            _GLOBAL_RNG_LOCK.release()
+            raise
+        self._owner = threading.get_ident()
+
+    def _swap_out(self):
+        self._owner = None
+        try:
+            self._states = _rng_states(self.devices)
+            _set_rng_states(self._outer.pop(), self.devices)
+        finally:
+            _GLOBAL_RNG_LOCK.release()
+
+    @contextmanager
+    def active(self):
+        """Make this stream torch's global RNG (re-entrant)."""
+        if self._owner == threading.get_ident():
+            yield self
+            return
+        self._swap_in()
+        try:
+            yield self
+        finally:
+            self._swap_out()
+
+    @contextmanager
+    def suspended(self):
+        """Inside :meth:`active`: give the global state back for a while."""
+        if self._owner != threading.get_ident():
+            yield self
+            return
+        self._swap_out()
+        try:
+            yield self
+        finally:
+            self._swap_in()
+
+
+def _module_draws_from_global_rng(module):
+    """Whether a module's forward may draw from torch's global RNG.
+
+    True for dropout-like layers with a non-zero probability (``nn.Dropout*``,
+    ``nn.RReLU``, modules with a positive ``dropout``/``drop_rate``) and for
+    any module class outside torch.nn and this package (unknown code).
+    """
+    for sub in module.modules():
+        if not type(sub).__module__.startswith(_KNOWN_MODULE_PACKAGES):
+            return True
+        if isinstance(sub, torch.nn.RReLU):
+            return True
+        if isinstance(sub, torch.nn.modules.dropout._DropoutNd) and sub.p > 0:
+            return True
+        for name in ("dropout", "drop_rate"):
+            value = getattr(sub, name, None)
+            if isinstance(value, Real) and not isinstance(value, bool) and value > 0:
+                return True
+    return False
+
+
+def _reject_bools(constraints, params, caller_name):
+    """Refuse ``True``/``False`` for number parameters.
+
+    scikit-learn's ``Interval(Integral, ...)`` accepts bools (``bool`` is an
+    ``int``), so ``batch_size=True`` would pass as 1.
+    """
+    for key, value in params.items():
+        if not isinstance(value, bool | np.bool_):
+            continue
+        options = constraints.get(key, ())
+        if any(c in ("boolean", "verbose") or c is bool for c in options):
+            continue
+        numeric = [
+            c
+            for c in options
+            if isinstance(c, Interval) or c in (Integral, Real, int, float)
+        ]
+        if numeric:
+            kind = (
+                f"in the range {numeric[0]}"
+                if isinstance(numeric[0], Interval)
+                else f"of type {getattr(numeric[0], '__name__', numeric[0])}"
+            )
+            raise InvalidParameterError(
+                f"The {key!r} parameter of {caller_name} must be a number "
+                f"{kind}, not a bool. Got {value!r} instead."
+            )
 
 
 class SkorchEstimatorMixin:
@@ -55,11 +254,12 @@ class SkorchEstimatorMixin:
         validate_parameter_constraints(
             self._parameter_constraints, params, caller_name=type(self).__name__
         )
+        _reject_bools(self._parameter_constraints, params, type(self).__name__)
         resolve_device(self.device)
 
     def __getstate__(self):
         state = super().__getstate__()
-        for key in self._transient_attributes:
+        for key in (*self._transient_attributes, "_rng_streams"):
             state.pop(key, None)
         return state
 
@@ -99,35 +299,111 @@ class DevicePlumbingMixin:
         finally:
             self.__dict__["device"] = requested
 
-
     @contextmanager
     def _seeded(self, offset):
-        """Seed torch's global RNG from ``random_state`` inside a fork."""
+        """Run a fit with its own random streams, seeded from ``random_state``.
+
+        Inside, torch's global RNG is this fit's stream
+        (:class:`FitRandomness`, seed ``_base_seed_ + offset``): weight
+        initialisation, shuffling and callbacks draw from it under a
+        process-wide lock, and training steps of networks that draw no
+        global random number (no dropout) release the lock. The global state
+        is the same after the fit as before, and fits in threads give the
+        results of sequential fits.
+        """
         seed = self._base_seed_ + int(offset)
         device = self.__dict__["device"]
         devices = []
         if device is not None and torch.device(device).type == "cuda":
             index = torch.device(device).index
             devices = [torch.cuda.current_device() if index is None else index]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield seed
+        streams = FitRandomness(seed, devices)
+        previous = self.__dict__.get("_rng_streams")
+        self.__dict__["_rng_streams"] = streams
+        try:
+            with streams.active():
+                yield seed
+        finally:
+            if previous is None:
+                self.__dict__.pop("_rng_streams", None)
+            else:
+                self.__dict__["_rng_streams"] = previous
 
+    def _rng_active(self):
+        """This fit's global stream (a no-op outside a fit)."""
+        streams = self.__dict__.get("_rng_streams")
+        return nullcontext() if streams is None else streams.active()
+
+    def _steps_draw_from_global_rng(self):
+        """Whether a training step may draw from torch's global RNG."""
+        from ..augment._presets import _CallWithoutGenerator
+
+        for name in (*self._modules, *self._criteria):
+            module = getattr(self, name + "_", None)
+            if isinstance(module, torch.nn.Module) and _module_draws_from_global_rng(
+                module
+            ):
+                return True
+        return any(isinstance(v, _CallWithoutGenerator) for v in vars(self).values())
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        streams = self.__dict__.get("_rng_streams")
+        if streams is not None and not self._steps_draw_from_global_rng():
+            inner = step_fn
+
+            def step_fn(batch, **params):
+                with streams.suspended():
+                    return inner(batch, **params)
+
+        return super().run_single_epoch(
+            iterator, training, prefix, step_fn, **fit_params
+        )
+
+    def forward_iter(self, X, training=False, device="cpu"):
+        """skorch's ``forward_iter``, without drawing from the global RNG.
+
+        A ``DataLoader`` without a ``generator`` draws a seed for its workers
+        from torch's global RNG each time it is iterated; inference loaders
+        here get a fixed private generator instead (they do not shuffle).
+        """
+        dataset = self.get_dataset(X)
+        iterator = self.get_iterator(dataset, training=training)
+        if (
+            isinstance(iterator, torch.utils.data.DataLoader)
+            and iterator.generator is None
+        ):
+            iterator.generator = torch.Generator()
+        for batch in iterator:
+            yield to_device(self.evaluation_step(batch, training=training), device)
 
     def _generator(self, device):
+        """The augmentation generator of this fit on ``device``."""
         gen = self.__dict__.get("_aug_generator")
         if gen is None or gen.device != torch.device(device):
             gen = torch.Generator(device=device)
-            seed = int(torch.randint(0, 2**62, (1,)).item())
+            with self._rng_active():
+                seed = int(torch.randint(0, 2**62, (1,)).item())
             # other views on every process of a distributed run
             gen.manual_seed(seed + _dist.rank())
             self.__dict__["_aug_generator"] = gen
         return gen
 
+    def _check_finite_output(self, out, what="features"):
+        """Refuse NaN/inf in what ``transform``/``predict`` return."""
+        finite = np.isfinite(out).reshape(len(out), -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(
+                f"{type(self).__name__} computed non-finite {what} (NaN or "
+                f"infinity) for {bad.size} of {len(out)} samples (first: sample "
+                f"{bad[0]}). The network's weights are not finite or the inputs "
+                "are out of range (e.g. extreme voxel values): check the inputs "
+                "and that fit ended without a non-finite loss."
+            )
+        return out
 
     def _precision(self):
         return resolve_precision(self.precision, self.device)
-
 
     def _autocast(self):
         """Autocast context of ``precision`` (disabled for fp32)."""
@@ -137,10 +413,8 @@ class DevicePlumbingMixin:
         kind = torch.device(self.device).type
         return torch.autocast(kind, dtype=_AUTOCAST_DTYPES[precision])
 
-
     def _memory_format(self, ndim):
         return resolve_memory_format(self.memory_format, self.device, ndim)
-
 
     def _net(self):
         """The module called for training forwards: compiled if ``compile``."""
@@ -152,18 +426,15 @@ class DevicePlumbingMixin:
             self.__dict__["_compiled_module"] = compiled
         return compiled
 
-
     def _to_device(self, x):
         """Batch to the device (non-blocking from pinned memory)."""
         if isinstance(x, torch.Tensor) and self.device is not None:
             return x.to(self.device, non_blocking=True)
         return to_tensor(x, device=self.device)
 
-
     def _as_input(self, x):
         """A prepared batch in the memory format the network runs in."""
         return x.contiguous(memory_format=self._memory_format(x.ndim))
-
 
 
 class PretrainedByReferenceMixin:
