@@ -22,6 +22,13 @@ Where the channels are, per format:
   is one channel; a trailing singleton axis is squeezed for 3-D inputs.
 
 Nothing is written to disk, and no file handle is kept open between calls.
+
+Reading is bounded: a header may declare at most
+:data:`~sklearn_cl3d.data._nrrd.MAX_VOLUME_BYTES` (4 GiB) of voxel data, and a
+file too short for what its header declares is refused before anything is
+allocated (for ``.nii.gz``, when the compressed size cannot hold it, or the
+gzip trailer records more data than declared). Every read error names the
+file.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 from nibabel.spatialimages import SpatialImage
 from numpy.lib import format as npy_format
 
-from ._nrrd import read_nrrd, read_nrrd_header
+from ._nrrd import _DEFLATE_MAX_RATIO, MAX_VOLUME_BYTES, read_nrrd, read_nrrd_header
 
 __all__ = ["SUPPORTED_EXTENSIONS", "load_volume", "is_volume_source"]
 
@@ -82,6 +89,10 @@ def source_name(source):
 def _could_not_read(name, exc):
     reason = str(exc).strip() or type(exc).__name__
     return ValueError(f"could not read {name}: {reason}")
+
+
+def _out_of_memory(name):
+    return MemoryError(f"not enough memory to read {name}.")
 
 
 def _layout(shape, channels_last, expected_ndim, name):
@@ -134,7 +145,87 @@ def _npy_header(path):
             mapped = np.load(path, mmap_mode="r", allow_pickle=False)
             shape, dtype = mapped.shape, mapped.dtype
             del mapped
+            return shape, dtype
+        offset = fh.tell()
+    _check_declared_size(path, shape, dtype, path=path, offset=offset)
     return shape, dtype
+
+
+def _gzip_trailer_size(path):
+    """ISIZE of the last gzip member: its uncompressed size modulo 2**32."""
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
+
+
+def _check_declared_size(name, shape, dtype, *, path=None, offset=0):
+    """Refuse a header declaring an absurd volume or more than the file holds.
+
+    Parameters
+    ----------
+    name : str
+        How the message refers to the source.
+    shape : tuple of int
+        Declared array shape.
+    dtype : numpy dtype
+        Declared on-disk voxel type.
+    path : str, default=None
+        The file, to compare the declared size with what it can hold
+        (``.gz`` files: with the compressed size and the gzip trailer).
+    offset : int, default=0
+        Where the voxel data start in the (uncompressed) file.
+    """
+    try:
+        dims = [int(s) for s in shape]
+    except (TypeError, ValueError):
+        raise ValueError(f"could not read {name}: invalid shape {shape!r}.") from None
+    if any(s < 0 for s in dims):
+        raise ValueError(f"could not read {name}: negative size in shape {shape}.")
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = int(np.prod(dims, dtype=object)) * itemsize if dims else itemsize
+    if nbytes > MAX_VOLUME_BYTES:
+        raise ValueError(
+            f"could not read {name}: its header declares shape {tuple(dims)} of "
+            f"{np.dtype(dtype)} ({nbytes} bytes), more than the {MAX_VOLUME_BYTES} "
+            "bytes a volume may have."
+        )
+    if path is None:
+        return
+    size = os.path.getsize(path)
+    expected = int(offset) + nbytes
+    if not path.lower().endswith(".gz"):
+        if expected > size:
+            raise ValueError(
+                f"could not read {name}: the file is truncated (its header "
+                f"declares {expected} bytes, the file has {size})."
+            )
+        return
+    if nbytes > size * _DEFLATE_MAX_RATIO + 1024:
+        raise ValueError(
+            f"could not read {name}: the file is truncated ({size} bytes of gzip "
+            f"data cannot hold the {nbytes} bytes of voxel data its header "
+            "declares)."
+        )
+    if size >= 18 and expected < 2**32:
+        recorded = _gzip_trailer_size(path)
+        if recorded > expected:
+            raise ValueError(
+                f"could not read {name}: its gzip trailer records {recorded} "
+                f"bytes of uncompressed data, more than the {expected} bytes its "
+                f"header declares (shape {tuple(dims)} of {np.dtype(dtype)}): the "
+                "file is damaged or its header does not match its data."
+            )
+
+
+def _nifti(path, name, **kwargs):
+    """``nib.load`` (header only) with the declared size checked."""
+    img = nib.load(path, **kwargs)
+    # where the proxy will read from (the header copy may say 0)
+    offset = getattr(img.dataobj, "offset", 0)
+    _check_declared_size(
+        name, img.shape, img.get_data_dtype(), path=path, offset=offset
+    )
+    return img
 
 
 def _check_dtype(dtype, name):
@@ -183,6 +274,7 @@ def inspect_source(source, expected_ndim=3):
     if isinstance(source, SpatialImage):
         name, shape, channels_last = source_name(source), source.shape, True
         _check_dtype(source.get_data_dtype(), name)
+        _check_declared_size(name, shape, source.get_data_dtype())
     elif isinstance(source, str | os.PathLike):
         source = name = _check_path(source)
         ext = _extension(source)
@@ -194,10 +286,14 @@ def inspect_source(source, expected_ndim=3):
                 if ext == ".npy":
                     shape, dtype = _npy_header(source)
                 else:
-                    img = nib.load(source)
+                    img = _nifti(source, name)
                     shape, dtype = img.shape, img.get_data_dtype()
-            except MemoryError:
-                raise
+            except MemoryError as exc:
+                raise _out_of_memory(name) from exc
+            except ValueError as exc:
+                if str(exc).startswith(f"could not read {name}"):
+                    raise
+                raise _could_not_read(name, exc) from exc
             except Exception as exc:
                 raise _could_not_read(name, exc) from exc
             _check_dtype(dtype, name)
@@ -220,30 +316,39 @@ def _read(source, name):
     """Read voxel data: (array as stored, affine, channels_last)."""
     if isinstance(source, SpatialImage):
         img, channels_last = source, True
+        _check_declared_size(name, img.shape, img.get_data_dtype())
     else:
         ext = _extension(source)
         if ext == ".nrrd":
-            data, affine = read_nrrd(source)
+            try:
+                data, affine = read_nrrd(source)
+            except MemoryError as exc:
+                raise _out_of_memory(name) from exc
             return data, affine, False
         if ext == ".npy":
             try:
+                _npy_header(source)
                 mapped = np.load(source, mmap_mode="r", allow_pickle=False)
                 data = np.array(mapped)
                 del mapped
-            except MemoryError:
-                raise
+            except MemoryError as exc:
+                raise _out_of_memory(name) from exc
             except Exception as exc:
+                if str(exc).startswith(f"could not read {name}"):
+                    raise
                 raise _could_not_read(name, exc) from exc
             return data, np.eye(4), False
         img, channels_last = None, True
     try:
         if img is None:
-            img = nib.load(source, mmap=False)
+            img = _nifti(source, name, mmap=False)
         data = np.asanyarray(img.dataobj)
         affine = img.affine
-    except MemoryError:
-        raise
+    except MemoryError as exc:
+        raise _out_of_memory(name) from exc
     except Exception as exc:
+        if str(exc).startswith(f"could not read {name}"):
+            raise
         raise _could_not_read(name, exc) from exc
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     return data, affine, channels_last

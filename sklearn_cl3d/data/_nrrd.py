@@ -2,28 +2,56 @@
 
 Only what 3D medical volumes need is supported: headers ``NRRD0001`` to
 ``NRRD0005``, scalar types, ``dimension`` 3 (or 4 with one non-spatial axis,
-read as channels), ``raw``, ``gzip`` and ``text`` encodings, and the
-``space``/``space directions``/``space origin`` geometry, converted to a 4x4
-RAS affine like the ones nibabel gives for NIfTI. Detached data (``data file``)
-is not supported.
+read as channels), ``raw``, ``gzip``, ``bzip2`` and ``text`` encodings, and
+the ``space``/``space directions``/``space origin`` geometry, converted to a
+4x4 RAS affine like the ones nibabel gives for NIfTI. Detached data (``data
+file``) is not supported.
 
 NRRD stores the fastest-varying axis first: a file with ``sizes: 10 20 30`` is
 read into an array of shape ``(10, 20, 30)`` indexed ``(i, j, k)``, the same
 voxel-axis order nibabel uses for NIfTI.
+
+Reading is bounded, so a damaged or hostile file cannot stall the reader or
+make it allocate more than the volume it declares:
+
+- the header may have at most 4096 lines of at most 64 KiB, 1 MiB in all;
+- a volume may declare at most :data:`MAX_VOLUME_BYTES` bytes of voxel data;
+- ``line skip`` is done in large chunks and cannot go past the end of the
+  file;
+- the data must be at least as long as declared before any voxel is
+  allocated (for ``gzip``, the compressed size must be able to hold it);
+- ``gzip``/``bzip2`` data are decompressed in chunks, never beyond the
+  declared size (plus ``byte skip``): data that decompress to more or fewer
+  bytes than declared are refused.
+
+Every error is a :class:`ValueError` whose message names the file.
 """
 
 from __future__ import annotations
 
-import gzip
+import bz2
+import math
 import os
 import zlib
 
 import numpy as np
 
-__all__ = ["read_nrrd", "read_nrrd_header"]
+__all__ = ["MAX_VOLUME_BYTES", "read_nrrd", "read_nrrd_header"]
+
+#: Largest voxel payload (bytes) one volume may declare: 4 GiB, e.g. a
+#: 1024^3 volume of float32. NRRD and NIfTI headers declaring more are
+#: refused before anything is allocated.
+MAX_VOLUME_BYTES = 2**32
 
 _MAGIC = b"NRRD000"
 _MAX_HEADER_LINES = 4096
+_MAX_LINE_BYTES = 1 << 16
+_MAX_HEADER_BYTES = 1 << 20
+_MAX_TEXT_BYTES = 1 << 28  # text-encoded data: 256 MiB of digits
+_CHUNK = 1 << 20
+# DEFLATE cannot compress better than about 1032:1, so gzip data of n bytes
+# cannot hold more than this many bytes once decompressed.
+_DEFLATE_MAX_RATIO = 1032
 
 # NRRD type names (and their aliases) -> numpy base dtype
 _TYPES = {}
@@ -71,6 +99,7 @@ _SPACES = {
 }
 _SPATIAL_KINDS = {"domain", "space"}
 _ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip"}
+_ENCODINGS.update(dict.fromkeys(("bzip2", "bz2"), "bzip2"))
 _ENCODINGS.update(dict.fromkeys(("text", "txt", "ascii"), "text"))
 
 
@@ -116,10 +145,16 @@ def _read_header_lines(fh, path):
     if version not in (b"1", b"2", b"3", b"4", b"5"):
         raise _fail(path, f"unsupported NRRD version {first.strip().decode()!r}")
     fields = {}
+    total = len(first)
     for _ in range(_MAX_HEADER_LINES):
-        raw = fh.readline(1 << 16)
+        raw = fh.readline(_MAX_LINE_BYTES + 1)
         if not raw:  # end of file right after the header: no data
             break
+        if len(raw) > _MAX_LINE_BYTES:
+            raise _fail(path, f"a header line is longer than {_MAX_LINE_BYTES} bytes")
+        total += len(raw)
+        if total > _MAX_HEADER_BYTES:
+            raise _fail(path, f"the header is longer than {_MAX_HEADER_BYTES} bytes")
         line = raw.decode("latin-1").rstrip("\r\n")
         if line == "":
             break
@@ -132,7 +167,10 @@ def _read_header_lines(fh, path):
             raise _fail(path, f"malformed header line {line!r}")
         fields[key.strip().lower()] = value.strip()
     else:
-        raise _fail(path, "header has no end (no blank line)")
+        raise _fail(
+            path,
+            f"header has no end (no blank line within {_MAX_HEADER_LINES} lines)",
+        )
     return fields, fh.tell()
 
 
@@ -159,13 +197,25 @@ def _parse_header(fields, path):
         raise _fail(path, "malformed 'dimension' or 'sizes' field") from None
     if ndim not in (3, 4):
         raise _fail(path, f"dimension {ndim} is not supported (only 3 or 4)")
-    if len(sizes) != ndim or min(sizes) < 1:
+    if len(sizes) != ndim:
         raise _fail(path, f"'sizes' {fields['sizes']!r} do not match dimension {ndim}")
+    if min(sizes) < 1:
+        raise _fail(path, f"'sizes' {fields['sizes']!r} must all be positive")
+    count = math.prod(sizes)  # exact: Python ints do not overflow
+    nbytes = count * dtype.itemsize
+    if nbytes > MAX_VOLUME_BYTES:
+        raise _fail(
+            path,
+            f"'sizes' {fields['sizes']!r} of type {fields['type']!r} declare "
+            f"{count} voxels ({nbytes} bytes), more than the {MAX_VOLUME_BYTES} "
+            "bytes a volume may have",
+        )
     encoding = _ENCODINGS.get(fields["encoding"].lower())
     if encoding is None:
         raise _fail(
             path,
-            f"unsupported encoding {fields['encoding']!r} (supported: raw, gzip, text)",
+            f"unsupported encoding {fields['encoding']!r} (supported: raw, gzip, "
+            "bzip2, text)",
         )
     endian = fields.get("endian", "little").lower()
     if endian not in ("little", "big"):
@@ -179,9 +229,18 @@ def _parse_header(fields, path):
         raise _fail(path, "malformed 'line skip' or 'byte skip' field") from None
     if line_skip < 0:
         raise _fail(path, f"invalid 'line skip' {line_skip}")
+    if byte_skip < -1 or byte_skip > MAX_VOLUME_BYTES:
+        raise _fail(
+            path,
+            f"invalid 'byte skip' {byte_skip} (expected -1 or 0 to {MAX_VOLUME_BYTES})",
+        )
+    if byte_skip == -1 and encoding != "raw":
+        raise _fail(path, "'byte skip: -1' is only valid with raw encoding")
     return {
         "dtype": dtype,
         "sizes": sizes,
+        "count": count,
+        "nbytes": nbytes,
         "encoding": encoding,
         "line_skip": line_skip,
         "byte_skip": byte_skip,
@@ -295,23 +354,167 @@ def read_nrrd_header(path):
     return sizes, affine
 
 
-def _decode(payload, info, path):
-    dtype, count = info["dtype"], int(np.prod(info["sizes"]))
-    if info["encoding"] == "text":
-        try:
-            values = np.array(payload.decode("latin-1").split(), dtype=float)
-        except ValueError:
-            raise _fail(path, "malformed text data") from None
-        if values.size < count:
-            raise _fail(path, f"expected {count} values, found {values.size}")
-        return values[:count].astype(dtype.newbyteorder("="))
-    nbytes = count * dtype.itemsize
-    if len(payload) < nbytes:
-        raise _fail(
-            path, f"data are truncated: expected {nbytes} bytes, found {len(payload)}"
+def _skip_lines(fh, n_lines, path):
+    """Move past ``n_lines`` newlines, reading large chunks (C-speed counts)."""
+    left = n_lines
+    while left:
+        chunk = fh.read(_CHUNK)
+        if not chunk:
+            raise _fail(
+                path,
+                f"'line skip: {n_lines}' goes past the end of the file "
+                f"({n_lines - left} line(s) found)",
+            )
+        found = chunk.count(b"\n")
+        if found < left:
+            left -= found
+            continue
+        end = -1
+        for _ in range(left):
+            end = chunk.index(b"\n", end + 1)
+        fh.seek(end + 1 - len(chunk), os.SEEK_CUR)
+        left = 0
+
+
+class _Inflater:
+    """Chunked gzip/bzip2 decompression that never outputs past a limit."""
+
+    _MAX_PIECE = 1 << 24  # bytes per decompress call: bounded transient memory
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._new()
+
+    def _new(self):
+        self._d = (
+            zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if self.kind == "gzip"
+            else bz2.BZ2Decompressor()
         )
-    data = np.frombuffer(payload, dtype=dtype, count=count)
-    return data.astype(dtype.newbyteorder("="))
+
+    def feed(self, data, limit):
+        """Yield the decompressed pieces of ``data``, stopping once more than
+        ``limit`` bytes came out (so at most ``limit + 1`` bytes in all)."""
+        produced = 0
+        while produced <= limit:
+            if self._d.eof:  # a further gzip member or bzip2 stream
+                data = self._d.unused_data + data
+                if not data:
+                    return
+                self._new()
+            size = min(limit + 1 - produced, self._MAX_PIECE)
+            piece = self._d.decompress(data, size)
+            data = self._d.unconsumed_tail if self.kind == "gzip" else b""
+            produced += len(piece)
+            yield piece
+            # output below the cap: all input used (unless a stream ended)
+            if not data and len(piece) < size and not self._d.eof:
+                return
+
+    @property
+    def complete(self):
+        """Whether the last stream fed was complete."""
+        return self._d.eof
+
+
+def _read_compressed(fh, info, path, available):
+    """Decompress the data of a gzip/bzip2 file into the declared bytes."""
+    skip, nbytes = info["byte_skip"], info["nbytes"]
+    expected = skip + nbytes
+    kind = info["encoding"]
+    if kind == "gzip" and expected > available * _DEFLATE_MAX_RATIO + 1024:
+        raise _fail(
+            path,
+            f"data are truncated: {available} bytes of gzip data cannot hold the "
+            f"declared {expected} bytes",
+        )
+    data = np.empty(info["count"], dtype=info["dtype"])
+    view = memoryview(data).cast("B")
+    inflater, received = _Inflater(kind), 0
+    try:
+        while True:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            for piece in inflater.feed(chunk, expected - received):
+                start, stop = received, received + len(piece)
+                received = stop
+                if stop > expected:
+                    raise _fail(
+                        path,
+                        f"{kind} data decompress to more than the declared "
+                        f"{expected} bytes ('sizes', 'type' and 'byte skip' do "
+                        "not match the data)",
+                    )
+                lo, hi = max(start, skip), stop
+                if hi > lo:
+                    view[lo - skip : hi - skip] = piece[lo - start : hi - start]
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _fail(path, f"corrupt {kind} data ({exc})") from exc
+    if received < expected:
+        raise _fail(
+            path,
+            f"data are truncated: {kind} data decompress to {received} bytes, "
+            f"expected {expected}",
+        )
+    if not inflater.complete:
+        raise _fail(path, f"corrupt {kind} data (the stream has no end)")
+    return data
+
+
+def _read_raw(fh, info, path, available):
+    skip, nbytes = info["byte_skip"], info["nbytes"]
+    if skip == -1:  # the data are the last bytes of the file
+        skip = max(available - nbytes, 0)
+    if skip + nbytes > available:
+        raise _fail(
+            path,
+            f"data are truncated: expected {nbytes} bytes after a byte skip of "
+            f"{skip}, found {max(available - skip, 0)}",
+        )
+    fh.seek(skip, os.SEEK_CUR)
+    data = np.empty(info["count"], dtype=info["dtype"])
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < nbytes:
+        n = fh.readinto(view[done : done + _CHUNK * 64])
+        if not n:
+            raise _fail(path, f"data are truncated: expected {nbytes} bytes")
+        done += n
+    return data
+
+
+def _read_text(fh, info, path, available):
+    if available > _MAX_TEXT_BYTES:
+        raise _fail(
+            path,
+            f"text-encoded data of {available} bytes are more than the "
+            f"{_MAX_TEXT_BYTES} this reader accepts; save the volume with raw "
+            "or gzip encoding",
+        )
+    payload = fh.read()[max(info["byte_skip"], 0) :]
+    try:
+        values = np.array(payload.decode("latin-1").split(), dtype=float)
+    except ValueError:
+        raise _fail(path, "malformed text data") from None
+    count = info["count"]
+    if values.size < count:
+        raise _fail(path, f"expected {count} values, found {values.size}")
+    return values[:count].astype(info["dtype"])
+
+
+def _read_data(fh, info, path):
+    """The voxel data, as a 1-D array of the declared dtype."""
+    _skip_lines(fh, info["line_skip"], path)
+    available = os.fstat(fh.fileno()).st_size - fh.tell()
+    reader = {
+        "raw": _read_raw,
+        "text": _read_text,
+        "gzip": _read_compressed,
+        "bzip2": _read_compressed,
+    }[info["encoding"]]
+    data = reader(fh, info, path, available)
+    return data.astype(data.dtype.newbyteorder("="), copy=False)
 
 
 def read_nrrd(path):
@@ -360,30 +563,14 @@ def read_nrrd(path):
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
-            fields, offset = _read_header_lines(fh, path)
+            fields, _ = _read_header_lines(fh, path)
             info = _parse_header(fields, path)
-            for _ in range(info["line_skip"]):
-                fh.readline()
-            payload = fh.read()
+            sizes = info["sizes"]
+            channel_axis = _channel_axis(fields, len(sizes), path)
+            affine = _affine(fields, sizes, channel_axis, path)
+            data = _read_data(fh, info, path)
     except OSError as exc:
         raise _fail(path, exc.strerror or str(exc)) from exc
-    sizes = info["sizes"]
-    channel_axis = _channel_axis(fields, len(sizes), path)
-    affine = _affine(fields, sizes, channel_axis, path)
-    if info["encoding"] == "gzip":
-        try:
-            payload = gzip.decompress(payload)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise _fail(path, f"corrupt gzip data ({exc})") from exc
-    skip = info["byte_skip"]
-    if skip == -1:
-        if info["encoding"] != "raw":
-            raise _fail(path, "'byte skip: -1' is only valid with raw encoding")
-        nbytes = int(np.prod(sizes)) * info["dtype"].itemsize
-        skip = max(len(payload) - nbytes, 0)
-    elif skip < 0:
-        raise _fail(path, f"invalid 'byte skip' {skip}")
-    data = _decode(payload[skip:], info, path)
     # NRRD lists the fastest axis first: Fortran order
     data = data.reshape(sizes, order="F")
     if channel_axis is not None:
