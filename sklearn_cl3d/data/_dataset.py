@@ -18,6 +18,7 @@ from ._io import (
     source_name,
 )
 from ._preprocessing import make_preprocessing
+from ._validation import check_channels_first, check_not_a_path
 
 __all__ = ["VolumeDataset", "as_volume_dataset", "is_volume_collection"]
 
@@ -70,6 +71,8 @@ def _check_array(X):
         X = np.asarray(X)
     except ValueError as exc:  # ragged nested lists
         raise ValueError(f"{_X_KINDS}; could not convert X to an array: {exc}") from exc
+    if X.ndim >= 1 and len(X) == 0:
+        raise ValueError(f"X is empty (0 volumes); {_X_KINDS}.")
     if X.dtype.kind not in "biuf" or X.ndim not in (4, 5):
         what = (
             f"an array with {X.ndim} dimension(s) and shape {X.shape}"
@@ -77,6 +80,7 @@ def _check_array(X):
             else f"{type(X).__name__} of dtype {X.dtype}"
         )
         raise ValueError(f"{_X_KINDS}; got {what}.")
+    check_channels_first(X.shape)
     if X.ndim == 4:
         X = X[:, None]
     if min(X.shape[1:]) < 1:
@@ -176,12 +180,9 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.expected_ndim = expected_ndim
         self.cache = bool(cache)
         self.preprocessing = make_preprocessing(preprocessing)
-        if isinstance(X, str | os.PathLike):
-            raise ValueError(
-                f"{_X_KINDS}; got a single path {os.fspath(X)!r} (wrap it in a list)."
-            )
+        check_not_a_path(X)
         if isinstance(X, list | tuple) and len(X) == 0:
-            raise ValueError(f"{_X_KINDS}; got 0 volumes.")
+            raise ValueError(f"X is empty (0 volumes); {_X_KINDS}.")
         self._from_files = is_volume_collection(X)
         self._sample_shape = None
         if self._from_files:
@@ -228,7 +229,10 @@ class VolumeDataset(torch.utils.data.Dataset):
         else:
             volume, affine = self.X[i], np.eye(4)
         if self.preprocessing is not None:
-            volume, affine = self.preprocessing.apply(volume, affine)
+            try:
+                volume, affine = self.preprocessing.apply(volume, affine)
+            except ValueError as exc:
+                raise ValueError(f"{self.name(i)}: {exc}") from exc
             volume = np.asarray(volume)
             if volume.ndim != 4:
                 raise ValueError(

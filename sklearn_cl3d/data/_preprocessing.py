@@ -44,6 +44,9 @@ __all__ = [
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 
+# Resample refuses output grids larger than this (per channel): 4 GiB of float32
+_MAX_RESAMPLED_VOXELS = 2**30
+
 
 # --------------------------------------------------------------------------
 # helpers
@@ -262,6 +265,12 @@ class Resample(_VolumeTransformer):
     are kept) and its translation updated. Values outside the input are
     extended from the nearest edge voxel. There is no anti-aliasing filter.
 
+    Voxel sizes in a header can be wrong (e.g. 1e-6 mm), so a volume whose
+    field of view along an axis of two or more voxels is smaller than one
+    output voxel (it would collapse to a single voxel), or an output grid of
+    more than 2**30 voxels per channel (4 GiB of float32), is refused with a
+    :class:`ValueError` giving the sizes.
+
     Arrays passed to :meth:`transform` are taken to have 1 mm voxels.
 
     Parameters
@@ -304,7 +313,29 @@ class Resample(_VolumeTransformer):
             raise ValueError("Resample: the affine has a zero-length voxel axis.")
         shape = np.asarray(volume.shape[1:])
         scale = params["spacing"] / old  # output step in input voxels
-        new_shape = np.maximum(1, np.round(shape * old / params["spacing"])).astype(int)
+        exact = shape * old / params["spacing"]
+        grid = (
+            f"input shape {tuple(int(n) for n in shape)} with voxel sizes "
+            f"{tuple(float(f'{v:.4g}') for v in old)} mm resampled to "
+            f"{tuple(float(v) for v in params['spacing'])} mm"
+        )
+        if not np.isfinite(exact).all() or np.prod(exact) > _MAX_RESAMPLED_VOXELS:
+            raise ValueError(
+                f"Resample: {grid} would need about {np.prod(exact):.3g} voxels "
+                f"per channel, more than {_MAX_RESAMPLED_VOXELS}; check the "
+                "voxel sizes in the image header (its affine) or the spacing."
+            )
+        new_shape = np.maximum(1, np.round(exact)).astype(int)
+        collapsed = (exact < 1) & (shape >= 2)  # field of view < one output voxel
+        if collapsed.any():
+            axis = int(np.flatnonzero(collapsed)[0])
+            raise ValueError(
+                f"Resample: {grid} gives shape {tuple(int(n) for n in new_shape)}: "
+                f"along axis {axis} the image spans {shape[axis] * old[axis]:.3g} "
+                f"mm, less than one output voxel, and would collapse to a single "
+                "voxel; check the voxel sizes in the image header (its affine) "
+                "or the spacing."
+            )
         offset = (shape - 1) / 2 - scale * (new_shape - 1) / 2
         if np.array_equal(new_shape, shape) and np.allclose(scale, 1):
             return volume, affine

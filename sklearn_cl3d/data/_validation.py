@@ -3,16 +3,116 @@ and per-sample metadata."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
-__all__ = ["check_input_shape", "check_metadata", "check_volumes"]
+__all__ = [
+    "check_channels_first",
+    "check_input_shape",
+    "check_metadata",
+    "check_not_a_path",
+    "check_volumes",
+]
 
 _X_SHAPES = (
     "X must be a 2-D array (n_samples, n_features) of tabular features, a 4-D "
     "array (n_samples, D, H, W) of volumes or a 5-D array (n_samples, C, D, H, W)"
 )
+
+# a last axis of at most this many entries is taken as likely channels ...
+_MAX_LAST_CHANNELS = 4
+# ... when the first per-sample axis (the would-be channels) has at least 8
+# entries and 4 times as many as the last axis
+_MIN_SPATIAL_AS_CHANNELS = 8
+
+
+def check_not_a_path(X):
+    """Refuse a single path (file or folder) given where X should be a collection.
+
+    Parameters
+    ----------
+    X : object
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is a ``str``, ``bytes`` or path-like: the message says what
+        to pass instead (a list of files, e.g. the sorted NIfTI files of a
+        folder).
+
+    Examples
+    --------
+    >>> check_not_a_path(["a.nii.gz"])
+    >>> check_not_a_path("a.nii.gz")
+    Traceback (most recent call last):
+    ...
+    ValueError: X is a single path ('a.nii.gz'), not a collection of samples...
+    """
+    if not isinstance(X, str | bytes | os.PathLike):
+        return
+    path = os.fsdecode(X)
+    if os.path.isdir(path):
+        hint = (
+            f"X is a folder ({path!r}), not a collection of samples: pass the "
+            "list of its files, e.g. sorted(glob.glob(os.path.join(folder, "
+            "'*.nii.gz'))), with y in the same order."
+        )
+    else:
+        hint = (
+            f"X is a single path ({path!r}), not a collection of samples: pass "
+            f"a list of paths, e.g. [{path!r}, ...], or an array of volumes "
+            "(n_samples, [C,] D, H, W)."
+        )
+    raise ValueError(hint)
+
+
+def check_channels_first(shape, name="X"):
+    """Refuse an array of volumes that looks channels-last.
+
+    A 5-D array ``(n, a, b, c, k)`` whose last axis has 1 to 4 entries and
+    whose first per-sample axis has at least 8 entries and 4 times as many is
+    almost surely ``(n, D, H, W, C)``: read channels first, its D slices
+    would be taken as channels.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the array, samples first.
+    name : str, default="X"
+        Name used in the message.
+
+    Raises
+    ------
+    ValueError
+        If the layout looks channels-last; the message says how to convert.
+
+    Examples
+    --------
+    >>> check_channels_first((2, 1, 32, 32, 32))
+    >>> check_channels_first((2, 32, 32, 32, 1))
+    Traceback (most recent call last):
+    ...
+    ValueError: X has shape (2, 32, 32, 32, 1), which looks channels-last...
+    """
+    if len(shape) != 5:
+        return
+    first, last = int(shape[1]), int(shape[-1])
+    if (
+        1 <= last <= _MAX_LAST_CHANNELS
+        and first >= _MIN_SPATIAL_AS_CHANNELS
+        and first >= 4 * last
+    ):
+        raise ValueError(
+            f"{name} has shape {tuple(int(s) for s in shape)}, which looks "
+            f"channels-last (n_samples, D, H, W, C) with C={last}; volumes are "
+            f"taken channels-first (n_samples, C, D, H, W), so its {first} "
+            f"slices would be read as {first} channels. Pass "
+            f"np.moveaxis({name}, -1, 1) (or {name}[..., 0] for a single "
+            "channel)."
+        )
 
 
 def check_volumes(estimator, X, *, reset):
@@ -45,10 +145,25 @@ def check_volumes(estimator, X, *, reset):
     >>> est.input_shape_
     (1, 8, 8, 8)
     """
+    check_not_a_path(X)
     ndim = getattr(X, "ndim", None)
     if ndim is None:
-        ndim = np.asarray(X).ndim if not hasattr(X, "tocsr") else 2
-    if ndim < 2:
+        if hasattr(X, "tocsr"):
+            ndim = 2
+        else:
+            try:
+                ndim = np.asarray(X).ndim
+            except ValueError:  # ragged nested lists
+                ndim = None
+    if ndim is None or ndim < 2:
+        if hasattr(X, "__len__") and len(X) == 0:
+            raise ValueError(
+                "X is empty (0 samples): pass at least one sample, as an array "
+                "(n_samples, n_features), (n_samples, D, H, W) or (n_samples, C, "
+                "D, H, W), or a list of file paths."
+            )
+        # scikit-learn's own message ("Expected 2D array ... Reshape your data")
+        validate_data(estimator, X, dtype=np.float32, reset=reset)
         # scikit-learn's own message ("Expected 2D array ... Reshape your data")
         validate_data(estimator, X, dtype=np.float32, reset=reset)
     if ndim not in (2, 4, 5):
@@ -61,6 +176,7 @@ def check_volumes(estimator, X, *, reset):
     if ndim == 2:
         X = validate_data(estimator, X, dtype=np.float32, reset=reset)
     else:
+        check_channels_first(np.shape(X))
         X = check_array(
             X,
             dtype=np.float32,

@@ -551,8 +551,10 @@ def load_chest_ct(path):
     FileNotFoundError
         If ``path`` does not exist or a folder holds no NIfTI file.
     ValueError
-        If a file is not NIfTI or a volume is not 3-D (trailing singleton
-        axes are dropped first).
+        If a file is not NIfTI, cannot be read, is not 3-D (trailing
+        singleton axes are dropped first) or holds non-finite voxels: the
+        checks of :func:`~sklearn_cl3d.data.load_volume`, whose message names
+        the file.
 
     Examples
     --------
@@ -566,26 +568,16 @@ def load_chest_ct(path):
     >>> ct.volumes.shape
     (1, 1, 8, 8, 8)
     """
-    import nibabel as nib
+    from ..data import load_volume
 
     path = os.fspath(path)
     files = _nifti_files(path)
     volumes, affines, spacings = [], [], []
     for file in files:
-        try:
-            img = nib.load(file)
-        except Exception as exc:
-            raise ValueError(f"Could not read {file!r} as NIfTI: {exc}") from exc
-        data = img.get_fdata(dtype=np.float32)
-        while data.ndim > 3 and data.shape[-1] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise ValueError(
-                f"{file!r} holds a {data.ndim}-D image of shape {img.shape}; "
-                "a 3-D volume is required."
-            )
-        volumes.append(data[None])
-        affines.append(np.asarray(img.affine, dtype=np.float64))
+        # the library's one reader: bounded, finite voxels, errors name the file
+        volume, affine = load_volume(file, expected_ndim=3)
+        volumes.append(volume)
+        affines.append(np.asarray(affine, dtype=np.float64))
         spacings.append(np.sqrt((affines[-1][:3, :3] ** 2).sum(axis=0)))
     if len({v.shape for v in volumes}) == 1:
         volumes = np.stack(volumes)

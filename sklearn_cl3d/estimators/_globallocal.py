@@ -5,12 +5,11 @@ loss, stage 2 the first decoder blocks with a local loss, encoder frozen."""
 from __future__ import annotations
 
 import math
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
@@ -38,6 +37,7 @@ from ..losses import (
 )
 from ..nn import GlobalHead, LocalHead, UNet
 from ._base import BaseContrastivePretrainer
+from ._skorch import draw_base_seed
 
 __all__ = ["GlobalLocalNet", "GlobalLocalPretrainer", "PercentileScaling"]
 
@@ -67,10 +67,19 @@ class PercentileScaling:
     preprocessing step (``apply(volume, affine) -> (volume, affine)``) for
     :class:`~sklearn_cl3d.data.VolumeDataset`.
 
+    The scaling is computed in float64. Values are not clipped, so a voxel
+    far outside the percentile range (a corrupt value such as 3e38) would
+    reach the network as it is and give meaningless features: a scaled value
+    larger than ``max_abs`` in magnitude is refused with a
+    :class:`ValueError`.
+
     Parameters
     ----------
     lower, upper : float, default=1.0, 99.0
         Percentiles mapped to 0 and 1, ``0 <= lower < upper <= 100``.
+    max_abs : float, default=1e6
+        Largest magnitude a scaled value may have: a voxel a million times
+        the percentile range away from it is taken as corrupt.
 
     Examples
     --------
@@ -81,25 +90,52 @@ class PercentileScaling:
     (-0.0102, 1.0102)
     """
 
-    def __init__(self, lower=1.0, upper=99.0):
+    def __init__(self, lower=1.0, upper=99.0, max_abs=1e6):
         if not (0.0 <= lower < upper <= 100.0):
             raise ValueError(
                 "PercentileScaling needs 0 <= lower < upper <= 100; got "
                 f"lower={lower!r}, upper={upper!r}."
             )
+        if not (isinstance(max_abs, Real) and 0 < max_abs < np.inf):
+            raise ValueError(
+                f"PercentileScaling needs a finite max_abs > 0; got {max_abs!r}."
+            )
         self.lower = float(lower)
         self.upper = float(upper)
+        self.max_abs = float(max_abs)
 
     def __repr__(self):
-        return f"PercentileScaling(lower={self.lower}, upper={self.upper})"
+        return (
+            f"PercentileScaling(lower={self.lower}, upper={self.upper}, "
+            f"max_abs={self.max_abs:g})"
+        )
 
     def apply(self, volume, affine=None):
-        """Scale one volume ``(C, D, H, W)`` or ``(D, H, W)``; keep the affine."""
-        v = np.asarray(volume, dtype=np.float32)
+        """Scale one volume ``(C, D, H, W)`` or ``(D, H, W)``; keep the affine.
+
+        Raises
+        ------
+        ValueError
+            If the volume holds NaN or infinity, or a scaled value is larger
+            than ``max_abs`` in magnitude.
+        """
+        v = np.asarray(volume, dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise ValueError("the volume contains NaN or infinity.")
         axes = tuple(range(v.ndim - 3, v.ndim))
         lo, hi = np.percentile(v, [self.lower, self.upper], axis=axes, keepdims=True)
         scale = np.where(hi > lo, hi - lo, 1.0)
-        return ((v - lo) / scale).astype(np.float32), affine
+        out = (v - lo) / scale
+        peak = float(np.abs(out).max()) if out.size else 0.0
+        if peak > self.max_abs:
+            raise ValueError(
+                f"after percentile scaling (percentiles {self.lower:g}-"
+                f"{self.upper:g}), a voxel is {peak:.3g} in magnitude, more than "
+                f"max_abs={self.max_abs:g}: the volume holds extreme values "
+                f"(from {v.min():.3g} to {v.max():.3g}, corrupt voxels?). Clip "
+                "the intensities first (e.g. HUWindow for CT) or fix the file."
+            )
+        return out.astype(np.float32), affine
 
 
 # ------------------------------------------------------------------ network
@@ -952,8 +988,7 @@ default="backbone"
         dataset = self._partition_dataset(volumes)
         stages = self._stage_epochs()
         if reset:
-            rng = check_random_state(self.random_state)
-            self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
+            self._base_seed_ = draw_base_seed(self.random_state)
         offset = 0 if reset else len(self.history)
         with self._on_device() as device, self._seeded(offset):
             self.device_ = device
@@ -1042,7 +1077,7 @@ default="backbone"
                 for f in self.forward_iter(items, training=False, device="cpu")
             ]
         feats = np.concatenate(out).astype(np.float32, copy=False)
-        feats = feats.reshape(len(volumes), n_items, -1)
+        feats = self._check_finite_output(feats.reshape(len(volumes), n_items, -1))
         if self.aggregate == "mean":
             return feats.mean(axis=1)
         if self.aggregate == "max":

@@ -119,7 +119,8 @@ class FitRandomness:
     ...     b = torch.rand(2)
     >>> bool(torch.equal(torch.get_rng_state(), before))
     True
-    >>> bool(torch.equal(torch.cat([a, b]), torch.manual_seed(0).rand(4)))
+    >>> same = torch.rand(4, generator=torch.Generator().manual_seed(0))
+    >>> bool(torch.equal(torch.cat([a, b]), same))
     True
     """
 
@@ -217,13 +218,13 @@ def _reject_bools(constraints, params, caller_name):
         ]
         if numeric:
             kind = (
-                f"in the range {numeric[0]}"
+                str(numeric[0])
                 if isinstance(numeric[0], Interval)
                 else f"of type {getattr(numeric[0], '__name__', numeric[0])}"
             )
             raise InvalidParameterError(
-                f"The {key!r} parameter of {caller_name} must be a number "
-                f"{kind}, not a bool. Got {value!r} instead."
+                f"The {key!r} parameter of {caller_name} must be {kind}, not a "
+                f"bool. Got {value!r} instead."
             )
 
 

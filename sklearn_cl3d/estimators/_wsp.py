@@ -338,14 +338,37 @@ default="tinynet"
         plane = tuple(s for a, s in enumerate(sample_shape[1:]) if a != axis)
         return stop - start, plane
 
+    def _check_tabular_setup(self, shape):
+        """2-D X (tabular rows as slices) needs the MLP and no image views."""
+        image_backbone = isinstance(self.backbone, str) and self.backbone != "mlp"
+        image_views = isinstance(self.augmentation, str) and self.augmentation != "none"
+        if not (image_backbone or image_views):
+            return
+        settings = []
+        if image_backbone:
+            settings.append(f"backbone={self.backbone!r}")
+        if image_views:
+            settings.append(f"augmentation={self.augmentation!r}")
+        raise ValueError(
+            f"{type(self).__name__} trains on the 2-D slices of volumes: X must "
+            "be volumes of shape (n, D, H, W) or (n, C, D, H, W), or a list of "
+            f"image files; got 2-D X with rows of {shape[0]} features. 2-D X "
+            "is taken as tabular rows (one slice each), which needs "
+            "backbone='mlp' and augmentation='none' (or a callable), not "
+            f"{' and '.join(settings)}."
+        )
+
     def _network_input_shape(self):
         shape = tuple(self.input_shape_)
         if len(shape) == 1:
+            self._check_tabular_setup(shape)
             return shape
         _, plane = self._slice_geometry(shape)
         size = plane if self.slice_size is None else (self.slice_size,) * 2
-        builder = BACKBONES.get(self.backbone) if isinstance(self.backbone, str) else (
-            self.backbone
+        builder = (
+            BACKBONES.get(self.backbone)
+            if isinstance(self.backbone, str)
+            else (self.backbone)
         )
         minimum = getattr(builder, "min_input_size", None)
         if isinstance(minimum, Integral) and min(size) < minimum:
@@ -438,9 +461,10 @@ default="tinynet"
         x = self._to_device(x)
         if x.ndim == 2:
             x = x[:, None, :]
-        elif self.slice_size is not None and tuple(x.shape[-2:]) != (
-            self.slice_size,
-        ) * 2:
+        elif (
+            self.slice_size is not None
+            and tuple(x.shape[-2:]) != (self.slice_size,) * 2
+        ):
             shrink = min(x.shape[-2:]) > self.slice_size
             x = F.interpolate(
                 x.float(),
@@ -564,6 +588,7 @@ default="tinynet"
             ]
         feats = np.concatenate(out).astype(np.float32, copy=False)
         feats = feats.reshape(slices.n_volumes, slices.n_kept, -1)
+        feats = self._check_finite_output(feats)
         if self.aggregate == "mean":
             return feats.mean(axis=1)
         if self.aggregate == "max":

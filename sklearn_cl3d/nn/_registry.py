@@ -69,9 +69,22 @@ def _accepted_params(builder):
         return {}
 
 
-def _check_min_input_size(obj, shape, label):
+def _densenet_min_input_size(net):
+    """Smallest spatial size a :class:`DenseNet3D` runs on.
+
+    The stem divides each size by 4 (rounding up: ``n -> (n + 3) // 4`` for
+    ``n >= 1``) and each of the ``len(block_config) - 1`` transitions halves
+    it with a 2x2x2 average pool (rounding down), which needs at least 2
+    voxels: ``2 ** (len(block_config) + 1) - 3`` in all (29 for
+    DenseNet-121).
+    """
+    return 2 ** (len(net.block_config) + 1) - 3
+
+
+def _check_min_input_size(obj, shape, label, min_size=None):
     """Raise ValueError if a spatial size is below ``obj.min_input_size``."""
-    min_size = getattr(obj, "min_input_size", None)
+    if min_size is None:
+        min_size = getattr(obj, "min_input_size", None)
     if isinstance(min_size, bool) or not isinstance(min_size, Integral):
         return
     spatial = shape[1:]
@@ -105,7 +118,9 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
         ``prod(input_shape)`` is passed. Not allowed with a module instance.
         If the class, callable or instance has an int attribute
         ``min_input_size`` (as :class:`TinyNet2D`), every spatial size
-        ``input_shape[1:]`` must be at least that value.
+        ``input_shape[1:]`` must be at least that value; a
+        :class:`DenseNet3D` needs ``2 ** (len(block_config) + 1) - 3`` voxels
+        per axis (29 for DenseNet-121).
 
     Returns
     -------
@@ -120,7 +135,7 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
         ``"densenet"``, ``"small3d"``) gets a per-sample shape that is not
         ``(C, D, H, W)``, if a 2-D backbone (``"tinynet"``, ``"resnet18"``)
         gets a per-sample shape that is not ``(C, H, W)``, or if the spatial
-        size is below the backbone's ``min_input_size``.
+        size is below the backbone's minimum input size.
     TypeError
         If ``spec`` is of an unsupported type, or the built object is not a
         ``torch.nn.Module`` with an int ``out_features`` attribute.
@@ -196,6 +211,10 @@ def build_backbone(spec, input_shape, **kwargs) -> nn.Module:
         raise TypeError(
             f"backbone {label!r} built an object of type "
             f"{type(backbone).__name__}, not a torch.nn.Module."
+        )
+    if isinstance(backbone, DenseNet3D) and len(shape) == 4:
+        _check_min_input_size(
+            backbone, shape, label, _densenet_min_input_size(backbone)
         )
     out_features = getattr(backbone, "out_features", None)
     if isinstance(out_features, bool) or not isinstance(out_features, Integral):
