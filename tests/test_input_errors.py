@@ -59,7 +59,7 @@ def test_transform_refuses_to_return_nan_features(volumes, fitted):
     broken = SimCLRPretrainer(**TINY).fit(volumes)
     with torch.no_grad():
         next(broken.module_.parameters()).fill_(float("nan"))
-    with pytest.raises(ValueError, match=r"non-finite features .* 8 of 8 samples"):
+    with pytest.raises(ValueError, match=r"non-finite outputs .* row 0 of its output"):
         broken.transform(volumes)
     assert np.isfinite(fitted.transform(volumes)).all()
 
@@ -241,3 +241,32 @@ def test_paths_in_messages_are_os_paths(tmp_path):
     # a path-like X is reported as the string the user would type
     with pytest.raises(ValueError, match=re.escape(repr(os.fspath(tmp_path)))):
         as_volume_dataset(tmp_path)
+
+
+def test_finite_outputs_of_every_kind_of_estimator_are_checked(volumes):
+    clf = FineTunedClassifier(
+        backbone="small3d", backbone__channels=(2,), max_epochs=1, device="cpu"
+    ).fit(volumes, [0, 1] * 4)
+    with torch.no_grad():
+        for p in clf.module_.parameters():
+            p.fill_(float("inf"))
+    with pytest.raises(ValueError, match="FineTunedClassifier's network computed"):
+        clf.predict_proba(volumes)
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("weight_decay", 2**64, "ints must fit in a signed 64-bit integer"),
+        ("batch_size", -(2**70), "batch_size"),
+        ("weight_decay", float("inf"), "weight_decay"),
+        ("lr", 1e300, "that float32 can hold"),
+    ],
+)
+def test_numbers_torch_cannot_use_are_refused(volumes, name, value, match):
+    for make in (
+        lambda: SimCLRPretrainer(**{**TINY, name: value}),
+        lambda: FineTunedClassifier(device="cpu", **{name: value}),
+    ):
+        with pytest.raises(InvalidParameterError, match=match):
+            make().fit(volumes, [0, 1] * 4)

@@ -243,7 +243,13 @@ class VolumeDataset(torch.utils.data.Dataset):
                 raise ValueError(
                     f"{self.name(i)} has non-finite values after preprocessing."
                 )
-        return np.ascontiguousarray(volume, dtype=self.dtype)
+        volume = np.ascontiguousarray(volume, dtype=self.dtype)
+        if volume.dtype != np.float64 and not np.isfinite(volume).all():
+            raise ValueError(
+                f"{self.name(i)} has values too large for {self.dtype} (they "
+                "become infinite when converted)."
+            )
+        return volume
 
     def volume(self, i):
         """Load, preprocess and check item ``i``; return its numpy volume.

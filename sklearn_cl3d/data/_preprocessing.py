@@ -44,7 +44,8 @@ __all__ = [
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 
-# Resample refuses output grids larger than this (per channel): 4 GiB of float32
+# Resample and CropOrPad refuse output grids larger than this (per channel):
+# 4 GiB of float32
 _MAX_RESAMPLED_VOXELS = 2**30
 
 
@@ -158,6 +159,13 @@ class _VolumeTransformer(TransformerMixin, BaseEstimator):
             dtype (float32 unless the input is float64).
         affine : ndarray of shape (4, 4)
             The affine of the new volume.
+
+        Raises
+        ------
+        ValueError
+            If the volume is not numeric, has the wrong number of dimensions
+            or holds NaN/infinity, if the affine is not a finite 4x4 array, or
+            if the parameters are invalid.
         """
         params = self._check_params()
         volume = _as_float(volume)
@@ -165,6 +173,10 @@ class _VolumeTransformer(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"{type(self).__name__}.apply expects one volume of shape "
                 f"(C, D, H, W) or (D, H, W); got shape {volume.shape}."
+            )
+        if not np.isfinite(volume).all():
+            raise ValueError(
+                f"{type(self).__name__}: the volume contains NaN or infinity."
             )
         affine = _check_affine(affine)
         single = volume.ndim == 3
@@ -247,7 +259,18 @@ class ReorientToRAS(_VolumeTransformer):
         return {}
 
     def _apply(self, volume, affine, params):
-        ornt = io_orientation(affine)
+        try:
+            ornt = io_orientation(affine)
+        except Exception as exc:  # nibabel's OrientationError and numpy's errors
+            raise ValueError(
+                f"ReorientToRAS: cannot find the orientation of the affine "
+                f"{affine.tolist()} ({exc})."
+            ) from exc
+        if np.isnan(ornt).any():
+            raise ValueError(
+                "ReorientToRAS: the affine has a degenerate (zero or colinear) "
+                f"voxel axis, so it has no orientation: {affine.tolist()}."
+            )
         if np.array_equal(ornt, _RAS):
             return volume, affine
         out = np.stack([apply_orientation(channel, ornt) for channel in volume])
@@ -369,7 +392,7 @@ class CropOrPad(_VolumeTransformer):
     Parameters
     ----------
     shape : int or tuple of 3 ints
-        Output spatial shape (D, H, W).
+        Output spatial shape (D, H, W), at most 2**30 voxels.
     mode : {"center", "mask_bbox"}, default="center"
         ``"center"``: the window is centred on the volume (an odd surplus is
         split with the extra voxel after). ``"mask_bbox"``: the window is
@@ -401,6 +424,11 @@ class CropOrPad(_VolumeTransformer):
 
     def _check_params(self):
         shape = _check_triple(self.shape, "shape", "CropOrPad", integer=True)
+        if math.prod(shape) > _MAX_RESAMPLED_VOXELS:
+            raise ValueError(
+                f"CropOrPad: `shape` {shape} has {math.prod(shape)} voxels, more "
+                f"than the {_MAX_RESAMPLED_VOXELS} a volume may have per channel."
+            )
         if self.mode not in ("center", "mask_bbox"):
             raise ValueError(
                 f"CropOrPad: `mode` must be 'center' or 'mask_bbox', got {self.mode!r}."

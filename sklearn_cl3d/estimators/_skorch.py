@@ -41,6 +41,8 @@ __all__ = [
 # Held while torch's global random state belongs to one fit (see FitRandomness).
 _GLOBAL_RNG_LOCK = threading.RLock()
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 # Modules of these packages use torch's global RNG only where
 # ``_module_draws_from_global_rng`` looks (dropout-like layers).
 _KNOWN_MODULE_PACKAGES = ("torch.nn.", "sklearn_cl3d.")
@@ -199,33 +201,74 @@ def _module_draws_from_global_rng(module):
     return False
 
 
-def _reject_bools(constraints, params, caller_name):
-    """Refuse ``True``/``False`` for number parameters.
+def _tensors(out):
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, tuple | list):
+        for item in out:
+            yield from _tensors(item)
+    elif isinstance(out, dict):
+        for item in out.values():
+            yield from _tensors(item)
 
-    scikit-learn's ``Interval(Integral, ...)`` accepts bools (``bool`` is an
-    ``int``), so ``batch_size=True`` would pass as 1.
+
+def _n_rows(out):
+    return next((len(t) for t in _tensors(out) if t.ndim), 0)
+
+
+def _first_nonfinite_row(out):
+    """Index of the first row with NaN/inf in a batch output, or None."""
+    for t in _tensors(out):
+        if not t.is_floating_point() and not t.is_complex():
+            continue
+        finite = torch.isfinite(t)
+        if finite.all():
+            continue
+        if t.ndim == 0:
+            return 0
+        rows = (~finite).reshape(len(t), -1).any(dim=1)
+        return int(torch.nonzero(rows)[0, 0])
+    return None
+
+
+def _check_numbers(constraints, params, caller_name):
+    """What scikit-learn's ``Interval`` lets through but torch cannot use.
+
+    * ``True``/``False`` for a number: ``Interval(Integral, ...)`` accepts
+      bools (``bool`` is an ``int``), so ``batch_size=True`` would pass as 1;
+    * ints beyond 64 bits (torch raises ``OverflowError`` on them);
+    * real numbers beyond float32's range (the networks compute in float32:
+      ``lr=1e300`` makes torch raise a ``RuntimeError``).
     """
     for key, value in params.items():
-        if not isinstance(value, bool | np.bool_):
-            continue
         options = constraints.get(key, ())
         if any(c in ("boolean", "verbose") or c is bool for c in options):
             continue
-        numeric = [
-            c
-            for c in options
-            if isinstance(c, Interval) or c in (Integral, Real, int, float)
-        ]
-        if numeric:
-            kind = (
-                str(numeric[0])
-                if isinstance(numeric[0], Interval)
-                else f"of type {getattr(numeric[0], '__name__', numeric[0])}"
-            )
-            raise InvalidParameterError(
-                f"The {key!r} parameter of {caller_name} must be {kind}, not a "
-                f"bool. Got {value!r} instead."
-            )
+        intervals = [c for c in options if isinstance(c, Interval)]
+        numeric = intervals or [c for c in options if c in (Integral, Real, int, float)]
+        if not numeric:
+            continue
+        kind = (
+            str(numeric[0])
+            if isinstance(numeric[0], Interval)
+            else f"of type {getattr(numeric[0], '__name__', numeric[0])}"
+        )
+        if isinstance(value, bool | np.bool_):
+            problem = ", not a bool"
+        elif isinstance(value, Integral) and not -(2**63) <= int(value) < 2**63:
+            problem = " (ints must fit in a signed 64-bit integer)"
+        elif (
+            any(c.type is Real for c in intervals)
+            and isinstance(value, Real)
+            and abs(float(value)) > _FLOAT32_MAX
+        ):
+            problem = f" that float32 can hold (at most {_FLOAT32_MAX:.4g})"
+        else:
+            continue
+        raise InvalidParameterError(
+            f"The {key!r} parameter of {caller_name} must be {kind}{problem}. "
+            f"Got {value!r} instead."
+        )
 
 
 class SkorchEstimatorMixin:
@@ -255,7 +298,7 @@ class SkorchEstimatorMixin:
         validate_parameter_constraints(
             self._parameter_constraints, params, caller_name=type(self).__name__
         )
-        _reject_bools(self._parameter_constraints, params, type(self).__name__)
+        _check_numbers(self._parameter_constraints, params, type(self).__name__)
         resolve_device(self.device)
 
     def __getstate__(self):
@@ -361,11 +404,14 @@ class DevicePlumbingMixin:
         )
 
     def forward_iter(self, X, training=False, device="cpu"):
-        """skorch's ``forward_iter``, without drawing from the global RNG.
+        """skorch's ``forward_iter``, without drawing from the global RNG and
+        refusing non-finite outputs.
 
         A ``DataLoader`` without a ``generator`` draws a seed for its workers
         from torch's global RNG each time it is iterated; inference loaders
         here get a fixed private generator instead (they do not shuffle).
+        Every output (``transform``, ``predict``, ...) is checked: NaN or
+        infinity raises a :class:`ValueError` instead of being returned.
         """
         dataset = self.get_dataset(X)
         iterator = self.get_iterator(dataset, training=training)
@@ -374,8 +420,22 @@ class DevicePlumbingMixin:
             and iterator.generator is None
         ):
             iterator.generator = torch.Generator()
+        seen = 0
         for batch in iterator:
-            yield to_device(self.evaluation_step(batch, training=training), device)
+            out = to_device(self.evaluation_step(batch, training=training), device)
+            bad = _first_nonfinite_row(out)
+            if bad is not None:
+                raise ValueError(
+                    f"{type(self).__name__}'s network computed non-finite "
+                    f"outputs (NaN or infinity), first in row {seen + bad} of its "
+                    "output. Its weights are not finite or the inputs are out of "
+                    "range (e.g. extreme voxel values, or a learning rate so "
+                    "large that training diverged): check the inputs, the "
+                    "training parameters and that fit ended without a "
+                    "non-finite loss."
+                )
+            seen += _n_rows(out)
+            yield out
 
     def _generator(self, device):
         """The augmentation generator of this fit on ``device``."""
