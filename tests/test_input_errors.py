@@ -16,7 +16,13 @@ from sklearn_cl3d import (
     WSPPretrainer,
     YAwarePretrainer,
 )
-from sklearn_cl3d.data import CropOrPad, Resample, VolumeDataset, as_volume_dataset
+from sklearn_cl3d.data import (
+    CropOrPad,
+    ReorientToRAS,
+    Resample,
+    VolumeDataset,
+    as_volume_dataset,
+)
 from sklearn_cl3d.datasets import load_chest_ct
 from sklearn_cl3d.estimators._globallocal import PercentileScaling
 from sklearn_cl3d.nn import build_backbone
@@ -270,3 +276,25 @@ def test_numbers_torch_cannot_use_are_refused(volumes, name, value, match):
     ):
         with pytest.raises(InvalidParameterError, match=match):
             make().fit(volumes, [0, 1] * 4)
+
+
+# --------------------------------------------- found by the fuzz suite
+def test_preprocessing_refuses_non_finite_volumes_and_degenerate_affines():
+    volume = np.ones((1, 4, 4, 4))
+    volume[0, 1, 1, 1] = np.nan
+    for step in (Resample(1.0), CropOrPad(4), ReorientToRAS()):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            step.apply(volume)
+    with pytest.raises(ValueError, match="degenerate"):
+        ReorientToRAS().apply(np.ones((2, 2, 2)), np.diag([1.0, 0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="more than the 1073741824"):
+        CropOrPad(2048).apply(np.ones((2, 2, 2)))
+
+
+def test_float64_volumes_too_large_for_float32_are_refused():
+    X = np.ones((2, 1, 3, 3, 3))
+    X[1, 0, 0, 0, 0] = 3.5e38
+    ds = VolumeDataset(X)
+    assert ds.volume(0).dtype == np.float32
+    with pytest.raises(ValueError, match=r"X\[1\] has values too large for float32"):
+        ds.volume(1)

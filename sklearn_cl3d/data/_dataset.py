@@ -243,7 +243,8 @@ class VolumeDataset(torch.utils.data.Dataset):
                 raise ValueError(
                     f"{self.name(i)} has non-finite values after preprocessing."
                 )
-        volume = np.ascontiguousarray(volume, dtype=self.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            volume = np.ascontiguousarray(volume, dtype=self.dtype)
         if volume.dtype != np.float64 and not np.isfinite(volume).all():
             raise ValueError(
                 f"{self.name(i)} has values too large for {self.dtype} (they "
