@@ -369,9 +369,8 @@ def _skip_lines(fh, n_lines, path):
         if found < left:
             left -= found
             continue
-        end = -1
-        for _ in range(left):
-            end = chunk.index(b"\n", end + 1)
+        newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+        end = int(newlines[left - 1])
         fh.seek(end + 1 - len(chunk), os.SEEK_CUR)
         left = 0
 
