@@ -29,6 +29,21 @@ EXPECTED_FAILURES = {
         "virtual_params_ (skorch design, not ours)"
     ),
 }
+#: transform runs in batches: on some CPUs (measured on an Intel Xeon, not on
+#: AMD Zen 3) float32 matrix products round differently for a batch of 16
+#: and a batch of 4 rows, so a row's features move by ~6e-8 with its batch,
+#: against the check's atol=1e-9
+TABULAR_FAILURES = {
+    **EXPECTED_FAILURES,
+    "check_methods_sample_order_invariance": (
+        "float32 rounding depends on the batch a row lands in (~6e-8 on some "
+        "CPUs; the check's atol is 1e-9)"
+    ),
+}
+
+
+def _expected_tabular_failures(estimator):
+    return TABULAR_FAILURES
 
 
 def _expected_failed_checks(estimator):
@@ -42,7 +57,7 @@ def _expected_failed_checks(estimator):
         # tabular rows are single slices (position 0); y is the weak label
         WSPPretrainer(**SMALL),
     ],
-    expected_failed_checks=_expected_failed_checks,
+    expected_failed_checks=_expected_tabular_failures,
 )
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
