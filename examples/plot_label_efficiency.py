@@ -131,7 +131,7 @@ print(f"{len(results)} fits in {time.perf_counter() - t:.0f} s")
 print(results[0])
 
 # %%
-# The mean and standard deviation over repeats of each curve:
+# The mean and standard deviation (ddof=1) over repeats of each curve:
 
 print(f"{'method':<16}{'protocol':<14}" + "".join(f"{n:>14}" for n in n_labels))
 for method, protocol in dict.fromkeys((r["method"], r["protocol"]) for r in results):
@@ -142,7 +142,7 @@ for method, protocol in dict.fromkeys((r["method"], r["protocol"]) for r in resu
             for r in results
             if (r["method"], r["protocol"], r["n_labels"]) == (method, protocol, n)
         ]
-        cells.append(f"{np.mean(s):.2f} ± {np.std(s):.2f}")
+        cells.append(f"{np.mean(s):.2f} ± {np.std(s, ddof=1):.2f}")
     print(f"{method:<16}{protocol:<14}" + "".join(f"{c:>14}" for c in cells))
 print(f"total {time.perf_counter() - t0:.0f} s")
 
