@@ -6,7 +6,6 @@ fit's own random streams, and pretrained weights passed by reference through
 from __future__ import annotations
 
 import copy
-import threading
 from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 
@@ -23,6 +22,7 @@ from skorch.utils import to_device, to_tensor
 
 from .. import distributed as _dist
 from .._heap import cpu_heap_reuse
+from .._rng import FitRandomness
 from ._device import (
     _AUTOCAST_DTYPES,
     resolve_device,
@@ -37,9 +37,6 @@ __all__ = [
     "SkorchEstimatorMixin",
     "draw_base_seed",
 ]
-
-# Held while torch's global random state belongs to one fit (see FitRandomness).
-_GLOBAL_RNG_LOCK = threading.RLock()
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -72,112 +69,6 @@ def draw_base_seed(random_state):
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] % high)
     return int(check_random_state(random_state).randint(high))
-
-
-def _rng_states(devices):
-    """torch's global random state: the CPU's and each CUDA device's."""
-    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
-
-
-def _set_rng_states(states, devices):
-    cpu, cuda = states
-    torch.set_rng_state(cpu)
-    for device, state in zip(devices, cuda):
-        torch.cuda.set_rng_state(state, device)
-
-
-class FitRandomness:
-    """One fit's stream of torch's global random numbers, thread-safe.
-
-    Code that cannot take a ``generator`` (weight initialisation inside
-    module constructors, dropout, ``DataLoader`` shuffling without one, user
-    callbacks) draws from torch's *global* RNG, which is shared by every
-    thread of the process. This object keeps a private copy of that state
-    for one fit: inside :meth:`active`, a process-wide lock is held and the
-    global state is this fit's; on leaving, the fit's state is saved and the
-    previous global state put back. So a fit never changes the global state
-    seen outside it, and two fits in two threads draw the same numbers as
-    they would one after the other.
-
-    :meth:`suspended` gives the global state back and releases the lock for
-    a block that draws no global random number (a training step of a network
-    without dropout), so that such blocks of concurrent fits run in parallel.
-
-    Parameters
-    ----------
-    seed : int
-        Seed of the stream (as ``torch.manual_seed(seed)``).
-    devices : list of int, default=()
-        CUDA devices whose global state belongs to the stream too.
-
-    Examples
-    --------
-    >>> import torch
-    >>> before = torch.get_rng_state()
-    >>> rng = FitRandomness(0)
-    >>> with rng.active():
-    ...     a = torch.rand(2)
-    >>> with rng.active():
-    ...     b = torch.rand(2)
-    >>> bool(torch.equal(torch.get_rng_state(), before))
-    True
-    >>> same = torch.rand(4, generator=torch.Generator().manual_seed(0))
-    >>> bool(torch.equal(torch.cat([a, b]), same))
-    True
-    """
-
-    def __init__(self, seed, devices=()):
-        self.devices = [int(d) for d in devices]
-        cpu = torch.Generator().manual_seed(int(seed)).get_state()
-        cuda = [
-            torch.Generator(device=f"cuda:{d}").manual_seed(int(seed)).get_state()
-            for d in self.devices
-        ]
-        self._states = (cpu, cuda)
-        self._outer = []  # global states to put back, innermost last
-        self._owner = None  # thread whose global state is this stream
-
-    def _swap_in(self):
-        _GLOBAL_RNG_LOCK.acquire()
-        try:
-            self._outer.append(_rng_states(self.devices))
-            _set_rng_states(self._states, self.devices)
-        except BaseException:
-            _GLOBAL_RNG_LOCK.release()
-            raise
-        self._owner = threading.get_ident()
-
-    def _swap_out(self):
-        self._owner = None
-        try:
-            self._states = _rng_states(self.devices)
-            _set_rng_states(self._outer.pop(), self.devices)
-        finally:
-            _GLOBAL_RNG_LOCK.release()
-
-    @contextmanager
-    def active(self):
-        """Make this stream torch's global RNG (re-entrant)."""
-        if self._owner == threading.get_ident():
-            yield self
-            return
-        self._swap_in()
-        try:
-            yield self
-        finally:
-            self._swap_out()
-
-    @contextmanager
-    def suspended(self):
-        """Inside :meth:`active`: give the global state back for a while."""
-        if self._owner != threading.get_ident():
-            yield self
-            return
-        self._swap_out()
-        try:
-            yield self
-        finally:
-            self._swap_in()
 
 
 def _module_draws_from_global_rng(module):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._rng import FitRandomness
 from . import _checks, _registry
 from ._checks import (
     _FITTED_NAME,
@@ -299,10 +300,12 @@ def initialize_for_inference(estimator, input_shape=None, fitted=None):
             else None
         )
         estimator._base_seed_ = int(rng.integers(np.iinfo(np.int32).max))
-    with torch.random.fork_rng(devices=[]), estimator._on_device() as device:
-        torch.manual_seed(estimator._base_seed_)
-        estimator.device_ = device
-        estimator.initialize()
+    # the global torch RNG is this load's own (under the process-wide lock
+    # that fits in other threads respect), seeded as before
+    with FitRandomness(estimator._base_seed_).active():
+        with estimator._on_device() as device:
+            estimator.device_ = device
+            estimator.initialize()
     return estimator
 
 
