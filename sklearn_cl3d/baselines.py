@@ -111,15 +111,20 @@ class VoxelPCA(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
+        self._fit_pca(X)
+        return self
+
+    def _fit_pca(self, X):
+        """Fit the PCA on the z-scored voxels of X; return its components."""
         M = _voxel_matrix(X)
         if self.n_components > min(M.shape):
             raise ValueError(
                 f"n_components={self.n_components} exceeds min(n_volumes, "
                 f"n_voxels) = {min(M.shape)}."
             )
-        self.pca_ = PCA(self.n_components, random_state=self.random_state).fit(M)
+        self.pca_ = PCA(self.n_components, random_state=self.random_state)
         self.n_voxels_ = M.shape[1]
-        return self
+        return self.pca_.fit_transform(M)
 
     def _components(self, X):
         check_is_fitted(self, "pca_")
@@ -217,15 +222,8 @@ class VoxelProxyRegression(VoxelPCA):
             )
         n = len(X)
         proxy = check_metadata(y, n, name="y")
-        M = _voxel_matrix(X)
-        if self.n_components > min(M.shape):
-            raise ValueError(
-                f"n_components={self.n_components} exceeds min(n_volumes, "
-                f"n_voxels) = {min(M.shape)}."
-            )
-        self.pca_ = PCA(self.n_components, random_state=self.random_state).fit(M)
-        self.n_voxels_ = M.shape[1]
-        self.ridge_ = Ridge(alpha=self.alpha).fit(self.pca_.transform(M), proxy)
+        components = self._fit_pca(X)
+        self.ridge_ = Ridge(alpha=self.alpha).fit(components, proxy)
         return self
 
     def transform(self, X):
