@@ -61,19 +61,20 @@ VARIANTS = {
     "random network": {"method": "random"},
     "probe: C by inner CV": {"probe": "standardised, C by 5-fold CV"},
     "probe: not standardised": {"probe": "raw, C=1"},
+    "lr=1e-3": {"lr": 1e-3},
+    "lr=1e-4 (paper)": {"lr": 1e-4},
+    "epochs=10": {"max_epochs": 10},
+    "channels 4-8-16": {"channels": (4, 8, 16)},
+    "previous demo preset (4 mm, 4-8-16, 10 epochs, lr=1e-3)": {
+        "resolution": 4,
+        "channels": (4, 8, 16),
+        "max_epochs": 10,
+        "lr": 1e-3,
+    },
     "sigma=2": {"sigma": 2.0},
     "sigma=10": {"sigma": 10.0},
-    "sigma=20": {"sigma": 20.0},
-    "temperature=0.5": {"temperature": 0.5},
     "normalization=row": {"normalization": "row"},
-    "batch=16": {"batch_size": 16},
-    "batch=64": {"batch_size": 64},
-    "lr=1e-4 (paper)": {"lr": 1e-4},
-    "lr=1e-3": {"lr": 1e-3},
-    "epochs=10": {"max_epochs": 10},
-    "epochs=50": {"max_epochs": 50},
-    "channels 4-8-16": {"channels": (4, 8, 16)},
-    "channels 16-32-64": {"channels": (16, 32, 64)},
+    "temperature=0.5": {"temperature": 0.5},
     "views: none": {"augmentation": "none"},
     "views: crop": {"augmentation": "crop"},
     "views: all": {"augmentation": "all"},
@@ -82,12 +83,12 @@ VARIANTS = {
     "input: grey-matter maps": {"modality": "GM"},
     "SimCLR on grey-matter maps": {"modality": "GM", "method": "SimCLR"},
     "random network on grey-matter maps": {"modality": "GM", "method": "random"},
+    "batch=16": {"batch_size": 16},
+    "batch=64": {"batch_size": 64},
+    "epochs=50": {"max_epochs": 50},
+    "channels 16-32-64": {"channels": (16, 32, 64)},
+    "sigma=20": {"sigma": 20.0},
     "resolution 4 mm": {"resolution": 4},
-    "previous demo preset (4 mm, 4-8-16, 10 epochs)": {
-        "resolution": 4,
-        "channels": (4, 8, 16),
-        "max_epochs": 10,
-    },
 }
 
 #: variants that reuse the base encoder (only the probe changes)
@@ -278,6 +279,37 @@ def _tables(rows, base_features, seed):
     return rows, baselines
 
 
+def merge(out, parts, seed):
+    """Add the rows of other runs (same recipe, seed and splits; e.g. run in
+    parallel processes with ``--only``) to the JSON at ``out``."""
+    payload = json.loads(Path(out).read_text())
+    have = {r["variant"] for r in payload["rows"]}
+    commands = payload.get("commands", [payload["command"]])
+    for part in parts:
+        other = json.loads(Path(part).read_text())
+        if other["base"] != payload["base"] or other["splits"] != payload["splits"]:
+            raise SystemExit(f"{part}: another recipe or number of splits")
+        for row in other["rows"]:
+            if row["variant"] not in have:
+                payload["rows"].append(row)
+                have.add(row["variant"])
+        for where, table in other["baselines"].items():
+            payload["baselines"].setdefault(where, table)
+        commands.append(other["command"])
+        payload["seconds"] += other["seconds"]
+    order = list(VARIANTS)
+    payload["rows"].sort(key=lambda r: order.index(r["variant"]))
+    rng = np.random.default_rng(seed)
+    base = next(r for r in payload["rows"] if r["variant"] == "base")
+    for r in payload["rows"]:
+        for n in LABELS:
+            d = np.subtract(r["scores"][str(n)], base["scores"][str(n)])
+            r[f"diff_vs_base_{n}"] = _paired_ci(d, rng)
+    payload["commands"] = commands
+    payload["complete"] = have >= set(VARIANTS)
+    Path(out).write_text(json.dumps(payload, indent=1))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", default=None, help="variant names")
@@ -286,9 +318,20 @@ def main(argv=None):
     parser.add_argument("--cache", default=None, help="folder caching cohorts")
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="JSON files of other runs whose rows are added to --out",
+    )
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(VARIANTS))
+        return 0
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        merge(args.out, args.merge, args.seed)
         return 0
     names = list(VARIANTS) if args.only is None else args.only
     unknown = [n for n in names if n not in VARIANTS]
