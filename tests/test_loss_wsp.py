@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from sklearn_cl3d.losses import kernel_infonce, nt_xent, wsp_infonce, yaware_infonce
+from sklearn_cl3d.losses import (
+    WSPLoss,
+    distance_kernel,
+    kernel_infonce,
+    nt_xent,
+    wsp_infonce,
+    yaware_infonce,
+)
 
 
 def naive_wsp(z1, z2, labels, pos, sigma, tau, kernel="rbf"):
@@ -26,6 +33,8 @@ def naive_wsp(z1, z2, labels, pos, sigma, tau, kernel="rbf"):
         if kernel == "laplacian":
             return math.exp(-np.sum(np.abs(d[a] - d[b])) / (2 * sigma**2))
         dist = math.sqrt(np.sum((d[a] - d[b]) ** 2))
+        if kernel == "distance":
+            return math.exp(-dist)
         return 1.0 if dist == 0 else 0.5 if dist == 1 else 0.0
 
     total = 0.0
@@ -65,6 +74,67 @@ def test_discrete_kernel_on_integer_positions(batch):
     ours = wsp_infonce(z1, z2, labels, pos, kernel="discrete")
     assert ours.item() == pytest.approx(
         naive_wsp(z1, z2, labels, pos, 1.0, 0.1, "discrete"), rel=1e-10
+    )
+
+
+@pytest.mark.parametrize("sigma", [0.2, 0.85, math.inf])
+def test_distance_kernel_matches_naive_reference(batch, sigma):
+    # exp(-||d - d'||) has no width: every sigma (inf included) gives the
+    # naive value
+    z1, z2, labels, pos = batch
+    ours = wsp_infonce(z1, z2, labels, pos, sigma=sigma, kernel="distance")
+    ref = naive_wsp(z1, z2, labels, pos, None, 0.1, "distance")
+    assert ours.item() == pytest.approx(ref, rel=1e-10)
+    assert WSPLoss(kernel="distance")(z1, z2, labels, pos).item() == pytest.approx(
+        ref, rel=1e-10
+    )
+    # the kernel matters: not the rbf value, not the label-only value
+    assert ours.item() != pytest.approx(
+        wsp_infonce(z1, z2, labels, pos).item(), rel=1e-6
+    )
+    assert ours.item() != pytest.approx(
+        wsp_infonce(z1, z2, labels, None).item(), rel=1e-6
+    )
+
+
+def test_distance_kernel_on_vector_positions(batch):
+    z1, z2, labels, _ = batch
+    rng = np.random.default_rng(1)
+    pos = rng.uniform(size=(len(z1), 3))
+    ours = wsp_infonce(z1, z2, labels, pos, kernel="distance")
+    ref = naive_wsp(z1, z2, labels, pos, None, 0.1, "distance")
+    assert ours.item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_distance_kernel_values_by_hand():
+    K = distance_kernel([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    expected = [
+        [1.0, math.exp(-5.0), math.exp(-1.0)],
+        [math.exp(-5.0), 1.0, math.exp(-math.sqrt(18.0))],
+        [math.exp(-1.0), math.exp(-math.sqrt(18.0)), 1.0],
+    ]
+    np.testing.assert_allclose(K.numpy(), expected, rtol=1e-12)
+    # the Euclidean distance, not its square: 1-D positions 0 and 2 give e^-2
+    assert distance_kernel([0.0], [2.0]).item() == pytest.approx(math.exp(-2.0))
+
+
+def test_distance_kernel_hand_computed_loss():
+    # Two slices of one label at positions 0 and 0.5, orthogonal embeddings,
+    # identical views, temperature 1. Every anchor sees its partner
+    # (similarity 1, weight 1) and two others (similarity 0, weight
+    # a = exp(-0.5)); every column of W sums to 1 + 2a, so each anchor
+    # contributes log(2 + e) - 1 / (1 + 2a) and the loss (4 anchors / N = 2)
+    # is twice that.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    a = math.exp(-0.5)
+    expected = 2 * (math.log(2 + math.e) - 1 / (1 + 2 * a))
+    loss = wsp_infonce(z, z, [0, 0], [0.0, 0.5], temperature=1.0, kernel="distance")
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    # the rbf kernel at sigma 1 weighs the other slice exp(-0.125) instead
+    b = math.exp(-0.125)
+    rbf = wsp_infonce(z, z, [0, 0], [0.0, 0.5], temperature=1.0, sigma=1.0)
+    assert rbf.item() == pytest.approx(
+        2 * (math.log(2 + math.e) - 1 / (1 + 2 * b)), rel=1e-12
     )
 
 

@@ -355,3 +355,11 @@ def test_defaults_are_the_official_configuration():
     assert (params["hidden_dim"], params["projection_dim"]) == (256, 128)
     assert params["augmentation"] == "wsp" and params["slice_fraction"] == 0.7
     assert params["kernel"] == "rbf" and params["normalization"] == "official"
+
+
+def test_distance_kernel_reaches_the_criterion(volumes):
+    X, labels = volumes
+    wsp = WSPPretrainer(**{**TINY, "kernel": "distance"}).fit(X, labels)
+    assert wsp.criterion_.kernel == "distance"
+    rbf = WSPPretrainer(**TINY).fit(X, labels)
+    assert not np.allclose(wsp.transform(X), rbf.transform(X))

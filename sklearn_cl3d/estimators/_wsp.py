@@ -128,9 +128,10 @@ class WSPPretrainer(BaseContrastivePretrainer):
         configuration's 0.85. ``float("inf")`` removes the position factor.
     temperature : float, default=0.1
         Softmax temperature, > 0.
-    kernel : {{"rbf", "gaussian", "laplacian", "discrete"}} or callable, \
-default="rbf"
-        Kernel on slice positions.
+    kernel : {{"rbf", "gaussian", "laplacian", "discrete", "distance"}} or \
+callable, default="rbf"
+        Kernel on slice positions (``"distance"``: ``exp(-||d - d'||)`` of
+        the official code, which ignores ``sigma``).
     normalization : {{"official", "row"}}, default="official"
         Weight normalisation (column-wise as the official code, or per
         anchor).

@@ -23,6 +23,7 @@ from ._globallocal import (
 from ._infonce import NORMALIZATIONS, kernel_infonce, partner_weights
 from ._kernels import (
     KERNELS,
+    check_bandwidth,
     delta_kernel,
     discrete_kernel,
     get_kernel,
@@ -32,7 +33,7 @@ from ._kernels import (
 )
 from ._ntxent import NTXentLoss, nt_xent
 from ._pairwise import pairwise_infonce
-from ._wsp import WSP_KERNELS, WSPLoss, wsp_infonce
+from ._wsp import WSP_KERNELS, WSPLoss, distance_kernel, wsp_infonce
 from ._yaware import YAwareLoss, yaware_infonce
 
 __all__ = [
@@ -49,8 +50,10 @@ __all__ = [
     "WSP_KERNELS",
     "WSPLoss",
     "YAwareLoss",
+    "check_bandwidth",
     "delta_kernel",
     "discrete_kernel",
+    "distance_kernel",
     "drasclr_loss",
     "get_kernel",
     "global_contrastive_loss",

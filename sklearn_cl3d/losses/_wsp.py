@@ -7,11 +7,56 @@ import math
 import torch
 
 from ._infonce import NORMALIZATIONS, check_temperature, kernel_infonce
-from ._kernels import delta_kernel, get_kernel, stack_view_metadata
+from ._kernels import _pair, delta_kernel, get_kernel, stack_view_metadata
 
-__all__ = ["WSP_KERNELS", "WSPLoss", "wsp_infonce"]
+__all__ = ["WSP_KERNELS", "WSPLoss", "distance_kernel", "wsp_infonce"]
 
-WSP_KERNELS = ("rbf", "gaussian", "laplacian", "discrete")
+WSP_KERNELS = ("rbf", "gaussian", "laplacian", "discrete", "distance")
+# Position kernels of the official WSP code that take no width: sigma is
+# ignored by them (``sigma=inf`` does not switch the position factor off).
+_SIGMA_FREE = ("distance",)
+
+
+def distance_kernel(y, y2=None, *, sigma=None) -> torch.Tensor:
+    r"""The official WSP ``'distance'`` kernel ``exp(-||a - b||_2)``.
+
+    The Euclidean distance (not its square) between metadata rows, with no
+    width parameter.
+
+    Parameters
+    ----------
+    y : array-like or torch.Tensor of shape (n,) or (n, k)
+        Metadata (slice positions).
+    y2 : array-like or torch.Tensor of shape (m,) or (m, k), default=None
+        Second set; ``None`` means ``y``.
+    sigma : None
+        Ignored; accepted so that all kernels share one signature.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, m)
+
+    Examples
+    --------
+    >>> K = distance_kernel([[0.0, 0.0], [3.0, 4.0]])
+    >>> round(float(K[0, 1]), 6)  # exp(-5)
+    0.006738
+    """
+    a, b = _pair(y, y2)
+    # Exact differences, so that equal rows give exactly exp(0) = 1 (the
+    # partner view's weight).
+    dist = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1).sqrt()
+    return torch.exp(-dist)
+
+
+def _wsp_kernel(kernel):
+    if isinstance(kernel, str) and kernel not in WSP_KERNELS:
+        raise ValueError(
+            f"kernel must be one of {WSP_KERNELS} or a callable; got {kernel!r}."
+        )
+    if isinstance(kernel, str) and kernel == "distance":
+        return distance_kernel
+    return get_kernel(kernel)
 
 
 def _check_wsp_sigma(sigma) -> float:
@@ -60,14 +105,17 @@ def wsp_infonce(
         the Euclidean distance.
     sigma : float, default=0.85
         Width of the position kernel (the official configuration's 0.85),
-        > 0; ``inf`` makes the position factor 1.
+        > 0; ``inf`` makes the position factor 1 (except for
+        ``kernel="distance"``, which has no width).
     temperature : float, default=0.1
         Softmax temperature, > 0.
-    kernel : {"rbf", "gaussian", "laplacian", "discrete"} or callable, \
-default="rbf"
+    kernel : {"rbf", "gaussian", "laplacian", "discrete", "distance"} or \
+callable, default="rbf"
         Kernel on positions (``"laplacian"`` uses ``gamma = 1 / (2 sigma^2)``
         as the official code; ``"discrete"`` is 1 / 0.5 / 0 for distances
-        0 / 1 / other).
+        0 / 1 / other; ``"distance"`` is ``exp(-||d - d'||)``
+        (:func:`distance_kernel`), which ignores ``sigma``, ``inf``
+        included).
     normalization : {"official", "row"}, default="official"
         Weight normalisation, see :func:`kernel_infonce`.
 
@@ -87,16 +135,13 @@ default="rbf"
     """
     # temperature and normalization are checked by kernel_infonce
     sigma = _check_wsp_sigma(sigma)
-    if isinstance(kernel, str) and kernel not in WSP_KERNELS:
-        raise ValueError(
-            f"kernel must be one of {WSP_KERNELS} or a callable; got {kernel!r}."
-        )
-    kernel_fn = get_kernel(kernel)
+    kernel_fn = _wsp_kernel(kernel)
+    sigma_free = isinstance(kernel, str) and kernel in _SIGMA_FREE
     weights = None
     if labels is not None:
         lab = stack_view_metadata(labels, z_i, name="labels")
         weights = delta_kernel(lab)
-    if positions is not None and not math.isinf(sigma):
+    if positions is not None and (sigma_free or not math.isinf(sigma)):
         pos = stack_view_metadata(positions, z_i, name="positions")
         k = kernel_fn(pos, pos, sigma=sigma)
         weights = k if weights is None else weights * k.to(weights.dtype)
@@ -117,9 +162,9 @@ class WSPLoss(torch.nn.Module):
         Width of the position kernel, > 0 (``inf``: no position factor).
     temperature : float, default=0.1
         Softmax temperature, > 0.
-    kernel : {"rbf", "gaussian", "laplacian", "discrete"} or callable, \
-default="rbf"
-        Kernel on positions.
+    kernel : {"rbf", "gaussian", "laplacian", "discrete", "distance"} or \
+callable, default="rbf"
+        Kernel on positions (``"distance"``: ``exp(-||d - d'||)``, no width).
     normalization : {"official", "row"}, default="official"
         Weight normalisation, see :func:`kernel_infonce`.
 
@@ -138,10 +183,7 @@ default="rbf"
         super().__init__()
         self.sigma = _check_wsp_sigma(sigma)
         self.temperature = check_temperature(temperature)
-        if isinstance(kernel, str) and kernel not in WSP_KERNELS:
-            raise ValueError(
-                f"kernel must be one of {WSP_KERNELS} or a callable; got {kernel!r}."
-            )
+        _wsp_kernel(kernel)
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}."
