@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from numbers import Real
 
+import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..data import check_metadata
-from ..losses import KERNELS, NORMALIZATIONS, NTXentLoss, YAwareLoss
+from ..losses import KERNELS, NORMALIZATIONS, NTXentLoss, YAwareLoss, check_bandwidth
 from ._base import BaseContrastivePretrainer
 
 __all__ = ["SimCLRPretrainer", "YAwarePretrainer"]
@@ -134,8 +135,13 @@ class YAwarePretrainer(BaseContrastivePretrainer):
 
     Parameters
     ----------
-    sigma : float, default=5.0
+    sigma : float, array-like of shape (k,) or (k, k), default=5.0
         Kernel width in metadata units (years for age; the paper uses 5), > 0.
+        With k metadata columns: one width per column (each in its column's
+        units), or a symmetric positive-definite ``(k, k)`` bandwidth matrix
+        ``H`` in squared units, the Gaussian kernel being
+        ``exp(-d^T H^{{-1}} d / 2)`` (``H = diag(widths**2)`` is the per-column
+        case). Checked against the metadata in ``fit``.
     kernel : {{"rbf", "gaussian", "laplacian", "delta", "discrete"}} or \
 callable, default="rbf"
         Kernel on the metadata.
@@ -175,7 +181,7 @@ callable, default="rbf"
 
     _parameter_constraints = {
         **BaseContrastivePretrainer._parameter_constraints,
-        "sigma": [Interval(Real, 0, None, closed="neither")],
+        "sigma": [Interval(Real, 0, None, closed="neither"), "array-like"],
         "kernel": [StrOptions(set(KERNELS)), callable],
         "normalization": [StrOptions(set(NORMALIZATIONS))],
     }
@@ -209,9 +215,25 @@ callable, default="rbf"
                 "proxy=... (routed with set_fit_request(proxy=True) in a "
                 "Pipeline)."
             )
-        return check_metadata(
+        meta = check_metadata(
             meta, n_samples, name="proxy" if proxy is not None else "y"
         )
+        # the loss refuses a bad width at its first batch: say it before
+        # training, naming the metadata's columns
+        n_columns = 1 if meta.ndim == 1 else meta.shape[1]
+        uses_width = isinstance(self.kernel, str) and self.kernel in (
+            "rbf",
+            "gaussian",
+            "laplacian",
+        )
+        sigma = check_bandwidth(self.sigma, n_columns=n_columns if uses_width else None)
+        if self.kernel == "laplacian" and np.ndim(sigma) == 2:
+            raise ValueError(
+                "A (k, k) bandwidth matrix sigma is defined for the Gaussian "
+                "kernel ('rbf') only; give kernel='laplacian' one width per "
+                "metadata column."
+            )
+        return meta
 
     def fit(self, X, y=None, proxy=None, **fit_params):
         """Pretrain on X with metadata ``proxy`` (or ``y``).

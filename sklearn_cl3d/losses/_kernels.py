@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "KERNELS",
     "as_metadata_tensor",
+    "check_bandwidth",
     "delta_kernel",
     "discrete_kernel",
     "get_kernel",
@@ -119,6 +120,118 @@ def _check_sigma(sigma) -> float:
     return sigma
 
 
+def check_bandwidth(sigma, n_columns=None):
+    """Validate a kernel width: one value, one per metadata column, or a matrix.
+
+    Parameters
+    ----------
+    sigma : float, array-like of shape (k,) or (k, k)
+        * a positive number: one width for every column (in metadata units,
+          e.g. years), returned as a Python float;
+        * a 1-D array of ``k`` positive numbers: one width per metadata
+          column (each in that column's units);
+        * a 2-D ``(k, k)`` symmetric positive-definite bandwidth matrix
+          ``H``, in squared metadata units, like a covariance: the Gaussian
+          kernel is ``exp(-d^T H^{-1} d / 2)`` for a metadata difference
+          ``d``, so ``H = diag(sigma**2)`` is the per-column case and
+          off-diagonal terms follow correlated columns.
+    n_columns : int, default=None
+        Number of metadata columns ``k`` the widths must match (not checked
+        when None).
+
+    Returns
+    -------
+    float or ndarray of float64, shape (k,) or (k, k)
+
+    Raises
+    ------
+    TypeError
+        If ``sigma`` is not a number or a numeric array.
+    ValueError
+        If a width is not finite and positive, the shape does not match
+        ``n_columns``, or the matrix is not symmetric positive definite.
+
+    Examples
+    --------
+    >>> check_bandwidth(5.0)
+    5.0
+    >>> check_bandwidth([5.0, 2.0], n_columns=2)
+    array([5., 2.])
+    """
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.detach().cpu().numpy()
+    if not isinstance(sigma, (list, tuple, np.ndarray)) or np.ndim(sigma) == 0:
+        if isinstance(sigma, np.ndarray):
+            sigma = sigma[()]
+        return _check_sigma(sigma)
+    try:
+        arr = np.asarray(sigma)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(
+            f"sigma must be a number or a rectangular array: {exc}"
+        ) from None
+    if arr.dtype == bool or arr.dtype.kind not in "iuf":
+        raise TypeError(
+            f"sigma must be a positive number or an array of numbers; got an "
+            f"array of dtype {arr.dtype}."
+        )
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("sigma must hold finite numbers; got NaN or infinity.")
+    if arr.ndim == 1:
+        if arr.size == 0:
+            raise ValueError("sigma must hold at least one width; got an empty array.")
+        if not (arr > 0).all():
+            raise ValueError(f"every width in sigma must be > 0; got {arr.tolist()}.")
+    elif arr.ndim == 2:
+        k = arr.shape[0]
+        if arr.shape != (k, k) or k == 0:
+            raise ValueError(
+                "a bandwidth matrix sigma must be square, (k, k) for k metadata "
+                f"columns; got shape {arr.shape}."
+            )
+        if not np.allclose(arr, arr.T, rtol=1e-10, atol=0.0):
+            raise ValueError("the bandwidth matrix sigma must be symmetric.")
+        arr = (arr + arr.T) / 2
+        try:
+            np.linalg.cholesky(arr)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                "the bandwidth matrix sigma must be positive definite (like a "
+                "covariance of the metadata, in squared units); its smallest "
+                f"eigenvalue is {np.linalg.eigvalsh(arr).min():.3g}."
+            ) from None
+    else:
+        raise ValueError(
+            "sigma must be a number, one width per metadata column (k,) or a "
+            f"(k, k) bandwidth matrix; got an array of shape {arr.shape}."
+        )
+    if n_columns is not None and arr.shape[0] != n_columns:
+        what = "widths" if arr.ndim == 1 else "rows and columns"
+        raise ValueError(
+            f"sigma has {arr.shape[0]} {what} but the metadata has "
+            f"{n_columns} column{'s' if n_columns != 1 else ''}: give one width "
+            "per column, a (k, k) matrix, or a single number."
+        )
+    return arr
+
+
+def _scaled_diff(a, b, sigma):
+    """Per-column metadata differences ``a_i - b_j`` in units of the bandwidth.
+
+    For a vector of widths every column is divided by its width; for a
+    bandwidth matrix ``H = L L^T`` the differences are whitened by ``L^{-1}``
+    so that their squared norm is ``d^T H^{-1} d``.
+    """
+    if sigma.shape[0] != a.shape[1]:
+        check_bandwidth(sigma, n_columns=a.shape[1])
+    diff = a[:, None, :] - b[None, :, :]
+    if sigma.ndim == 1:
+        return diff / torch.as_tensor(sigma, dtype=a.dtype, device=a.device)
+    whiten = np.linalg.inv(np.linalg.cholesky(sigma))
+    return diff @ torch.as_tensor(whiten.T, dtype=a.dtype, device=a.device)
+
+
 def _pair(y1, y2):
     y1 = as_metadata_tensor(y1, name="y")
     y2 = y1 if y2 is None else as_metadata_tensor(y2, name="y2", device=y1.device)
@@ -142,7 +255,10 @@ def rbf_kernel(y, y2=None, *, sigma=1.0) -> torch.Tensor:
 
     ``sigma`` is the standard deviation in label units (years for age), as in
     the official y-Aware code (scikit-learn's ``rbf_kernel`` with
-    ``gamma = 1 / (2 sigma^2)``); it is not a variance.
+    ``gamma = 1 / (2 sigma^2)``); it is not a variance. With one width per
+    column the kernel is ``exp(-sum_j (a_j - b_j)^2 / (2 sigma_j^2))``; with a
+    bandwidth matrix ``H`` it is ``exp(-(a - b)^T H^{-1} (a - b) / 2)`` (see
+    :func:`check_bandwidth`).
 
     Parameters
     ----------
@@ -150,8 +266,9 @@ def rbf_kernel(y, y2=None, *, sigma=1.0) -> torch.Tensor:
         Metadata.
     y2 : array-like or torch.Tensor of shape (m,) or (m, k), default=None
         Second metadata set; ``None`` means ``y``.
-    sigma : float, default=1.0
-        Kernel width, > 0.
+    sigma : float, array-like of shape (k,) or (k, k), default=1.0
+        Kernel width, > 0: one for all columns, one per column, or a
+        symmetric positive-definite bandwidth matrix in squared units.
 
     Returns
     -------
@@ -164,9 +281,11 @@ def rbf_kernel(y, y2=None, *, sigma=1.0) -> torch.Tensor:
     >>> round(float(K[0, 1]), 4)
     0.6065
     """
-    sigma = _check_sigma(sigma)
+    sigma = check_bandwidth(sigma)
     a, b = _pair(y, y2)
-    return torch.exp(-_sq_dist(a, b) / (2.0 * sigma * sigma))
+    if isinstance(sigma, float):
+        return torch.exp(-_sq_dist(a, b) / (2.0 * sigma * sigma))
+    return torch.exp(-_scaled_diff(a, b, sigma).pow(2).sum(-1) / 2.0)
 
 
 def laplacian_kernel(y, y2=None, *, sigma=1.0) -> torch.Tensor:
@@ -174,6 +293,8 @@ def laplacian_kernel(y, y2=None, *, sigma=1.0) -> torch.Tensor:
 
     The rate uses the same ``gamma = 1 / (2 sigma^2)`` convention as
     :func:`rbf_kernel`, as the official WSP code does (not ``1 / sigma``).
+    With one width per column it is ``exp(-sum_j |a_j - b_j| / (2
+    sigma_j^2))``; a bandwidth matrix is refused (Gaussian kernel only).
 
     Parameters
     ----------
@@ -181,8 +302,8 @@ def laplacian_kernel(y, y2=None, *, sigma=1.0) -> torch.Tensor:
         Metadata.
     y2 : array-like or torch.Tensor of shape (m,) or (m, k), default=None
         Second metadata set; ``None`` means ``y``.
-    sigma : float, default=1.0
-        Kernel width, > 0.
+    sigma : float or array-like of shape (k,), default=1.0
+        Kernel width, > 0: one for all columns or one per column.
 
     Returns
     -------
@@ -195,10 +316,21 @@ def laplacian_kernel(y, y2=None, *, sigma=1.0) -> torch.Tensor:
     >>> round(float(K[0, 1]), 4)
     0.6065
     """
-    sigma = _check_sigma(sigma)
+    sigma = check_bandwidth(sigma)
     a, b = _pair(y, y2)
-    l1 = (a[:, None, :] - b[None, :, :]).abs().sum(-1)
-    return torch.exp(-l1 / (2.0 * sigma * sigma))
+    if isinstance(sigma, float):
+        l1 = (a[:, None, :] - b[None, :, :]).abs().sum(-1)
+        return torch.exp(-l1 / (2.0 * sigma * sigma))
+    if sigma.ndim == 2:
+        raise ValueError(
+            "a (k, k) bandwidth matrix is defined for the Gaussian kernel "
+            "('rbf') only; give the laplacian kernel one width per column."
+        )
+    if sigma.shape[0] != a.shape[1]:
+        check_bandwidth(sigma, n_columns=a.shape[1])
+    rate = torch.as_tensor(1.0 / (2.0 * sigma * sigma), dtype=a.dtype, device=a.device)
+    l1 = ((a[:, None, :] - b[None, :, :]).abs() * rate).sum(-1)
+    return torch.exp(-l1)
 
 
 def delta_kernel(y, y2=None, *, sigma=None) -> torch.Tensor:

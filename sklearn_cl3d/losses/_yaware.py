@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._infonce import NORMALIZATIONS, check_temperature, kernel_infonce
-from ._kernels import _check_sigma, get_kernel, stack_view_metadata
+from ._kernels import check_bandwidth, get_kernel, stack_view_metadata
 
 __all__ = ["YAwareLoss", "yaware_infonce"]
 
@@ -34,9 +34,13 @@ def yaware_infonce(
         Projections of view 1 and view 2 of the same N subjects.
     y : array-like or torch.Tensor of shape (N,) or (N, k)
         Continuous metadata (e.g. age in years). NumPy or torch; no gradient.
-        With k columns the kernel uses the Euclidean distance and one sigma.
-    sigma : float, default=5.0
-        Kernel width in label units (the paper uses 5 years for age), > 0.
+        With k columns and one sigma the kernel uses the Euclidean distance.
+    sigma : float, array-like of shape (k,) or (k, k), default=5.0
+        Kernel width in label units (the paper uses 5 years for age), > 0;
+        one width per metadata column, or a symmetric positive-definite
+        ``(k, k)`` bandwidth matrix in squared units (Gaussian kernel only;
+        see :func:`~sklearn_cl3d.losses.check_bandwidth`). A callable
+        kernel gets the validated value (a float or a NumPy array).
     temperature : float, default=0.1
         Softmax temperature, > 0.
     kernel : {"rbf", "gaussian", "laplacian", "delta", "discrete"} or callable, \
@@ -59,7 +63,7 @@ default="rbf"
     torch.Size([])
     """
     # temperature and normalization are checked by kernel_infonce
-    sigma = _check_sigma(sigma)
+    sigma = check_bandwidth(sigma)
     kernel_fn = get_kernel(kernel)
     y2 = stack_view_metadata(y, z_i, name="y")
     weights = kernel_fn(y2, y2, sigma=sigma)
@@ -73,8 +77,9 @@ class YAwareLoss(torch.nn.Module):
 
     Parameters
     ----------
-    sigma : float, default=5.0
-        Kernel width in label units, > 0.
+    sigma : float, array-like of shape (k,) or (k, k), default=5.0
+        Kernel width in label units, > 0, one per metadata column, or a
+        bandwidth matrix; see :func:`yaware_infonce`.
     temperature : float, default=0.1
         Softmax temperature, > 0.
     kernel : str or callable, default="rbf"
@@ -95,7 +100,7 @@ class YAwareLoss(torch.nn.Module):
         self, sigma=5.0, temperature=0.1, kernel="rbf", normalization="official"
     ):
         super().__init__()
-        self.sigma = _check_sigma(sigma)
+        self.sigma = check_bandwidth(sigma)
         self.temperature = check_temperature(temperature)
         get_kernel(kernel)
         if normalization not in NORMALIZATIONS:
