@@ -151,8 +151,12 @@ def _enlarge_ventricles(bank, coords, push_mm):
     return coords
 
 
-def _subject(bank, site, params, deformation_mm, rng, modality="T1w"):
+def _subject(bank, site, params, deformation_mm, rng, modality="T1w", labels=False):
     """One subject: image (float32, bank.shape) and true tissue volumes.
+
+    With ``labels``, also the tissue fractions (float32, shape
+    ``(4, *bank.shape)``: background, CSF, GM, WM; background is 1 outside
+    the brain mask), computed without any extra random draw.
 
     With ``modality="GM"`` the image is the subject's grey-matter fraction
     (after atrophy, in the subject's space, skull-stripped), with no site
@@ -220,7 +224,15 @@ def _subject(bank, site, params, deformation_mm, rng, modality="T1w"):
         "csf_ml": csf.sum() * vox_ml,
         "ventricles_ml": ventricles.sum() * vox_ml,
     }
-    return out.reshape(shape), volumes
+    if not labels:
+        return out.reshape(shape), volumes
+    fractions = np.zeros((4, n_vox), dtype=np.float32)
+    fractions[0] = 1.0
+    fractions[0, brain] = 0.0
+    in_brain = mask > 0.5
+    for k, tissue in enumerate((csf, gm, wm), start=1):
+        fractions[k, brain] = tissue[in_brain]
+    return out.reshape(shape), volumes, fractions.reshape(4, *shape)
 
 
 def _check_positive_int(value, name, low, high=None):
@@ -354,6 +366,7 @@ def make_brain_cohort(
     reserve=None,
     deformation_mm=None,
     modality="T1w",
+    return_labels=False,
 ):
     """Generate a synthetic brain T1 MRI cohort with known ageing and disease.
 
@@ -405,6 +418,14 @@ def make_brain_cohort(
         intensities, blur, bias field, noise and gain: what a perfect tissue
         segmentation gives, the kind of input (grey-matter maps) the y-Aware
         paper used. Same subjects and metadata as ``"T1w"`` for a given seed.
+    return_labels : bool, default=False
+        Also return each subject's tissue label map in ``labels``: 0
+        background (outside the brain mask), 1 CSF, 2 grey matter, 3 white
+        matter, the tissue with the largest true fraction in the voxel (after
+        atrophy, in the subject's space; at 8 mm the fractions are
+        block-averaged first). A segmentation target with partial volume,
+        site contrast, bias field and noise in the image. The images and
+        metadata are the same as without labels.
 
     Returns
     -------
@@ -432,6 +453,8 @@ def make_brain_cohort(
             Voxel size in mm.
         modality : str
             ``"T1w"`` or ``"GM"``.
+        labels : ndarray of shape (n_subjects, D, H, W), int64
+            Tissue label maps (only when ``return_labels``).
         participants : str
             Path of ``participants.tsv`` (only when ``return_paths``).
         DESCR : str
@@ -502,6 +525,8 @@ def make_brain_cohort(
 
     ids = [f"sub-{i + 1:04d}" for i in range(n_subjects)]
     volumes = {key: np.empty(n_subjects) for key in _VOLUME_KEYS}
+    if return_labels:
+        label_maps = np.zeros((n_subjects, *shape), dtype=np.int64)
     if return_paths:
         import nibabel as nib
 
@@ -515,16 +540,24 @@ def make_brain_cohort(
             "rotation": rotations[i],
             "shift": meta["shift"][i],
         }
-        image, vols = _subject(
+        image, vols, *fractions = _subject(
             bank,
             sites[meta["site"][i]],
             params,
             deformation_mm,
             np.random.default_rng(int(meta["seeds"][i])),
             modality,
+            labels=return_labels,
         )
         if factor > 1:
             image = block_average(image, factor).astype(np.float32)
+        if return_labels:
+            fractions = fractions[0]
+            if factor > 1:
+                fractions = np.stack([block_average(f, factor) for f in fractions])
+                # zero padding of the last blocks counts as background
+                fractions[0] += 1.0 - fractions.sum(axis=0)
+            label_maps[i] = np.argmax(fractions, axis=0)
         for key in _VOLUME_KEYS:
             volumes[key][i] = vols[key]
         if return_paths:
@@ -558,6 +591,8 @@ def make_brain_cohort(
             deformation_mm=deformation_mm,
         ),
     )
+    if return_labels:
+        data.labels = label_maps
     if return_paths:
         participants = os.path.join(out_dir, "participants.tsv")
         _write_participants(participants, ids, meta, volumes)
