@@ -26,7 +26,7 @@ from sklearn.linear_model import Ridge
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from .data import as_volume_dataset, check_metadata
+from .data import as_volume_dataset, check_metadata, expand_paths
 
 __all__ = ["VoxelPCA", "VoxelProxyRegression"]
 
@@ -220,6 +220,7 @@ class VoxelProxyRegression(VoxelPCA):
                 f"{type(self).__name__} requires y: the proxy (e.g. age) to "
                 "regress on the voxels."
             )
+        X = expand_paths(X)  # a folder or a glob pattern: its sorted images
         n = len(X)
         proxy = check_metadata(y, n, name="y")
         components = self._fit_pca(X)

@@ -162,17 +162,21 @@ def test_fitted_estimator_refuses_channels_last_at_transform(fitted):
 
 
 # --------------------------------------------------- paths, folders, empty X
-def test_a_single_path_or_folder_as_X_says_what_to_pass(tmp_path):
+def test_a_single_path_or_an_empty_folder_as_X_says_what_to_pass(tmp_path):
+    # a folder or a glob pattern is expanded to its images (issue 16); one
+    # file, or a folder/pattern without images, is an error that says so
     age = np.array([30.0])
     est = YAwarePretrainer(**TINY)
     with pytest.raises(ValueError, match=r"single path.*pass a list of paths"):
         est.fit("scan.nii.gz", age)
-    with pytest.raises(ValueError, match=r"is a folder.*sorted\(glob\.glob"):
+    with pytest.raises(ValueError, match=r"is a folder.*with no image"):
         est.fit(str(tmp_path), age)
     with pytest.raises(ValueError, match="is a folder"):
         est.fit(tmp_path, age)
     with pytest.raises(ValueError, match="is a folder"):
         GlobalLocalPretrainer(**GL_TINY).fit(str(tmp_path))
+    with pytest.raises(ValueError, match="glob pattern.*matches nothing"):
+        est.fit(str(tmp_path / "*.nii.gz"), age)
 
 
 @pytest.mark.parametrize("empty", [[], np.zeros((0,)), ()])

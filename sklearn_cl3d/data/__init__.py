@@ -1,7 +1,9 @@
 """Input handling: arrays, image files and images, lazy datasets,
-preprocessing transformers, and validation."""
+preprocessing transformers, and validation; paths and metadata from tables,
+BIDS datasets, folders and glob patterns."""
 
 from ._dataset import VolumeDataset, as_volume_dataset, is_volume_collection
+from ._dicom import read_dicom_series
 from ._io import SUPPORTED_EXTENSIONS, load_volume
 from ._landmarks import landmark_locations, landmark_neighbors, make_landmarks
 from ._nrrd import read_nrrd
@@ -16,6 +18,7 @@ from ._patches import (
     extract_patches,
     map_corners,
 )
+from ._paths import expand_paths
 from ._preprocessing import (
     CropOrPad,
     HUWindow,
@@ -31,6 +34,7 @@ from ._slices import (
     central_slice_range,
     slice_positions,
 )
+from ._tables import read_bids, read_table
 from ._validation import check_input_shape, check_metadata, check_volumes
 
 __all__ = [
@@ -57,11 +61,15 @@ __all__ = [
     "check_input_shape",
     "check_metadata",
     "check_volumes",
+    "expand_paths",
     "is_volume_collection",
     "landmark_locations",
     "landmark_neighbors",
     "load_volume",
     "make_landmarks",
     "make_preprocessing",
+    "read_bids",
+    "read_dicom_series",
     "read_nrrd",
+    "read_table",
 ]

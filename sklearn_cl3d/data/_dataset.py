@@ -17,15 +17,17 @@ from ._io import (
     load_volume,
     source_name,
 )
+from ._paths import expand_paths, names_a_collection
 from ._preprocessing import make_preprocessing
-from ._validation import check_channels_first, check_not_a_path
+from ._validation import check_channels_first
 
 __all__ = ["VolumeDataset", "as_volume_dataset", "is_volume_collection"]
 
 _X_KINDS = (
     "X must be a 4-D array (n_samples, D, H, W) or a 5-D array "
-    "(n_samples, C, D, H, W) of volumes, or a list of paths to "
-    f"{'/'.join(SUPPORTED_EXTENSIONS)} files or of nibabel images"
+    "(n_samples, C, D, H, W) of volumes, a list of paths to "
+    f"{'/'.join(SUPPORTED_EXTENSIONS)} files (or DICOM series folders) or of "
+    "nibabel images, a folder or a glob pattern"
 )
 
 
@@ -34,7 +36,9 @@ def is_volume_collection(X):
 
     Lists, tuples, 1-D object or string arrays and pandas Series qualify when
     every element is a path (``str`` or path-like) or a nibabel image; numeric
-    arrays do not.
+    arrays do not. A folder or a glob pattern (a ``str`` with ``*``, ``?`` or
+    ``[``) qualifies too: it names a collection of images (see
+    :func:`~sklearn_cl3d.data.expand_paths`); one file path does not.
 
     Parameters
     ----------
@@ -51,9 +55,11 @@ def is_volume_collection(X):
     True
     >>> is_volume_collection(np.zeros((2, 4, 4, 4)))
     False
+    >>> is_volume_collection("scans/*.nii.gz"), is_volume_collection("scan.nii.gz")
+    (True, False)
     """
     if isinstance(X, str | os.PathLike):
-        return False
+        return names_a_collection(X)
     if hasattr(X, "iloc") and getattr(X, "ndim", None) == 1:  # pandas Series
         X = X.tolist()
     if isinstance(X, np.ndarray):
@@ -113,10 +119,13 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     Parameters
     ----------
-    X : array-like or list
+    X : array-like, list, folder or glob pattern
         An array ``(n, D, H, W)`` or ``(n, C, D, H, W)`` of volumes; or a list
         (tuple, 1-D array, Series) of paths to ``.nii``, ``.nii.gz``,
-        ``.nrrd`` or ``.npy`` files and/or nibabel images.
+        ``.nrrd`` or ``.npy`` files, of folders holding one DICOM series
+        each, and/or of nibabel images; or a folder or a glob pattern,
+        expanded by :func:`~sklearn_cl3d.data.expand_paths` to the sorted
+        list of its images (give ``y`` in that order).
     y : array-like of length n, default=None
         Targets or metadata, indexed like skorch does.
     preprocessing : None, step, list of steps or Pipeline, default=None
@@ -180,7 +189,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.expected_ndim = expected_ndim
         self.cache = bool(cache)
         self.preprocessing = make_preprocessing(preprocessing)
-        check_not_a_path(X)
+        X = expand_paths(X)
         if isinstance(X, list | tuple) and len(X) == 0:
             raise ValueError(f"X is empty (0 volumes); {_X_KINDS}.")
         self._from_files = is_volume_collection(X)
@@ -303,7 +312,7 @@ def as_volume_dataset(X, y=None, preprocessing=None, cache=False, **kwargs):
 
     Parameters
     ----------
-    X : array-like, list of paths/nibabel images, or VolumeDataset
+    X : array-like, list of paths/nibabel images, folder, glob pattern or VolumeDataset
         See :class:`VolumeDataset`. An existing :class:`VolumeDataset` is
         returned unchanged (``y`` and ``preprocessing`` must then be None).
     y : array-like of length n, default=None

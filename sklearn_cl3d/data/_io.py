@@ -1,8 +1,10 @@
 """Reading 3D volumes from files and nibabel images, lazily and with clear errors.
 
 Supported sources: paths (``str`` or :class:`os.PathLike`) to ``.nii``,
-``.nii.gz`` (nibabel), ``.nrrd`` (built-in reader) or ``.npy`` files, and
-nibabel image objects (e.g. :class:`nibabel.nifti1.Nifti1Image`).
+``.nii.gz`` (nibabel), ``.nrrd`` (built-in reader) or ``.npy`` files, folders
+holding one DICOM series (pydicom, the optional ``dicom`` extra; see
+:func:`~sklearn_cl3d.data.read_dicom_series`), and nibabel image objects
+(e.g. :class:`nibabel.nifti1.Nifti1Image`).
 
 Dimension convention: a loaded volume is a float32 array of shape
 ``(C, D, H, W)`` whose spatial axes are the image's voxel axes ``(i, j, k)``
@@ -17,6 +19,7 @@ Where the channels are, per format:
   ``(x, y, z, c)`` has its channels last (a trailing singleton axis is always
   squeezed, as is the singleton 4th axis of a 5-D vector image).
 - ``.nrrd``: a 4-D file has one non-spatial axis, which holds the channels.
+- DICOM series: one channel.
 - ``.npy``: the array is ``(D, H, W)`` or channels-first ``(C, D, H, W)``, like
   the arrays the estimators take; an array whose first axis is a singleton
   is one channel; a trailing singleton axis is squeezed for 3-D inputs.
@@ -40,6 +43,7 @@ import numpy as np
 from nibabel.spatialimages import SpatialImage
 from numpy.lib import format as npy_format
 
+from ._dicom import read_dicom_series, read_dicom_series_header
 from ._nrrd import _DEFLATE_MAX_RATIO, MAX_VOLUME_BYTES, read_nrrd, read_nrrd_header
 
 __all__ = ["SUPPORTED_EXTENSIONS", "load_volume", "is_volume_source"]
@@ -236,12 +240,20 @@ def _check_dtype(dtype, name):
 
 
 def _check_path(path):
-    """Extension and existence checks; returns the path as ``str``."""
+    """Extension and existence checks; returns the path as ``str``.
+
+    A folder is taken as one DICOM series.
+    """
     path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if os.path.isdir(path):
+        return path
     if _extension(path) is None:
         raise ValueError(
             f"unsupported file type: {path}; supported extensions are "
-            f"{', '.join(SUPPORTED_EXTENSIONS)}."
+            f"{', '.join(SUPPORTED_EXTENSIONS)} (or a folder holding one DICOM "
+            "series)."
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
@@ -278,7 +290,10 @@ def inspect_source(source, expected_ndim=3):
     elif isinstance(source, str | os.PathLike):
         source = name = _check_path(source)
         ext = _extension(source)
-        if ext == ".nrrd":
+        if os.path.isdir(source):
+            shape, _ = read_dicom_series_header(source)
+            channels_last = False
+        elif ext == ".nrrd":
             shape, _ = read_nrrd_header(source)
             channels_last = False
         else:
@@ -319,6 +334,9 @@ def _read(source, name):
         _check_declared_size(name, img.shape, img.get_data_dtype())
     else:
         ext = _extension(source)
+        if os.path.isdir(source):
+            data, affine = read_dicom_series(source)
+            return data, affine, False
         if ext == ".nrrd":
             try:
                 data, affine = read_nrrd(source)
@@ -360,8 +378,9 @@ def load_volume(source, *, expected_ndim=3):
     Parameters
     ----------
     source : str, path-like, nibabel image or array-like
-        A ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.npy`` file, a nibabel image,
-        or an array ``(D, H, W)``/``(C, D, H, W)`` (identity affine).
+        A ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.npy`` file, a folder holding
+        one DICOM series, a nibabel image, or an array
+        ``(D, H, W)``/``(C, D, H, W)`` (identity affine).
     expected_ndim : {3, 4}, default=3
         3: the source holds one 3-D volume (a trailing singleton axis is
         squeezed); a multi-channel image is an error. 4: a 4-D image is also
@@ -380,6 +399,8 @@ def load_volume(source, *, expected_ndim=3):
     ------
     FileNotFoundError
         If the file does not exist.
+    ImportError
+        If the source is a DICOM series and pydicom is not installed.
     ValueError
         Unsupported extension, unreadable or corrupt file ("could not read
         <path>: <reason>"), wrong number of dimensions, or non-finite voxels.

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ._dataset import VolumeDataset, is_volume_collection
+from ._paths import expand_paths
 
 __all__ = [
     "LandmarkPatchDataset",
@@ -197,12 +198,14 @@ class VolumeSource:
     Arrays ``(n, D, H, W)``/``(n, C, D, H, W)`` and VolumeDatasets are read
     as they are; a list of paths, nibabel images or arrays of different
     shapes gets one loader per item, so volumes of different shapes (native
-    subject space, used with affines) are accepted.
+    subject space, used with affines) are accepted. A folder or a glob
+    pattern is expanded to the sorted list of its images first.
     """
 
     def __init__(self, X, preprocessing=None):
         self._items = None
         self._ds = None
+        X = expand_paths(X)
         if isinstance(X, VolumeDataset):
             if preprocessing is not None:
                 raise ValueError(

@@ -33,6 +33,7 @@ from ..data import (
     as_volume_dataset,
     check_input_shape,
     check_volumes,
+    expand_paths,
     is_volume_collection,
 )
 from ..nn import BACKBONES, ContrastiveModel, ProjectionHead, build_backbone
@@ -446,6 +447,7 @@ class BaseContrastivePretrainer(
         reset = not (partial or self.warm_start) or not getattr(
             self, "initialized_", False
         )
+        X = expand_paths(X)  # a folder or a glob pattern: its sorted images
         if self._lazy(X):
             meta = self._metadata(len(X), y, fit_params)
             X, target = self._as_dataset(X, meta, reset=reset), None
