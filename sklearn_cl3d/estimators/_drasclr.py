@@ -3,6 +3,7 @@ landmarks (Yu et al., Medical Image Analysis 2023)."""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -28,8 +29,10 @@ from ..data._patches import (
     extract_patches,
 )
 from ..losses import DrasCLRLoss
-from ..nn import DrasCLRMoCo
+from ..nn import DrasCLRMoCo, DrasCLRNet
+from ..nn._pooled import LandmarkSetEncoder
 from ._base import BaseContrastivePretrainer
+from ._transfer import LandmarkPatchInput
 
 __all__ = ["DrasCLREncoder"]
 
@@ -944,6 +947,43 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         self : object
         """
         return self._fit_with(X, y, affines, fit_params, partial=True)
+
+    # ------------------------------------------------------ fine-tuning
+
+    def _finetune_encoder(self, *, pretrained, pooling):
+        """Per-volume backbone for FineTunedClassifier/FineTunedRegressor.
+
+        The query encoder (MoCo head, key network and queues dropped) on the
+        patches at every landmark, with their locations, then pooled over
+        the landmarks.
+        """
+        if pretrained:
+            net = copy.deepcopy(self._moco().query)
+        else:
+            kwargs = {
+                "in_channels": self.input_shape_[0],
+                "n_experts": self.n_experts,
+                "rep_dim": _REP_DIM,
+                "projection_dim": self.projection_dim,
+            }
+            net = DrasCLRNet(**kwargs)
+            if not self.conditioning:
+                for module in net.modules():
+                    routing = getattr(module, "routing", None)
+                    if isinstance(routing, torch.nn.Linear):
+                        with torch.no_grad():
+                            routing.weight.zero_()
+                        routing.weight.requires_grad_(False)
+        del net.head  # the MoCo head plays no part in the representation
+        if pooling == "auto":
+            pooling = "max" if self.pooling == "max" else "mean"
+        return LandmarkSetEncoder(net, self.locations_, pooling=pooling)
+
+    def _finetune_input(self):
+        """How the fine-tuner builds the landmark patches of a volume."""
+        return LandmarkPatchInput(
+            self.landmarks_, self.patch_size, self._window(), self.input_shape_[0]
+        )
 
     def transform_patches(self, X, affines=None):
         """Representation of every landmark patch of every volume.

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
 from ..callbacks import StopOnNonFiniteLoss
-from ..data import VolumeDataset, check_volumes
+from ..data import check_volumes
 from ..data._slices import SliceDataset
 from ..nn import BACKBONES, DenseNet3D, build_backbone
 from ._base import BaseContrastivePretrainer
@@ -238,7 +238,17 @@ _COMMON_DOC = """
         is trained on the kept slices of each volume (each slice labelled
         with its volume's target) and a volume's prediction is the mean of
         its slices' predictions (probabilities for a classifier), as in the
-        official WSP fine-tuning.
+        official WSP fine-tuning. For a
+        :class:`~sklearn_cl3d.GlobalLocalPretrainer` (``dims=2``) the
+        backbone is its U-Net encoder (decoder and heads dropped) run on
+        every slice of a volume, averaged over space and pooled over the
+        slices (``pooling``), on volumes scaled as in the pretraining
+        (percentile scaling). For a :class:`~sklearn_cl3d.DrasCLREncoder` it
+        is the query encoder run on the patch at every landmark with its
+        location, pooled over the landmarks; the volumes must be in the
+        atlas space of its landmarks (the patches are cut and windowed as
+        in the pretraining). Both already scale their inputs, so
+        ``normalize=None`` gives the network the pretraining's input.
     init : {"pretrained", "random"}, default="pretrained"
         ``"random"`` builds the pretrained encoder's architecture (and input
         conventions) with fresh weights: the from-scratch baseline with an
@@ -252,6 +262,14 @@ nn.Module, default="densenet121"
     head : "linear" or callable, default="linear"
         The task head on the pooled features: a linear layer (zero bias) or
         ``head(in_features, n_outputs) -> nn.Module``.
+    pooling : {"auto", "mean", "max", "attention"}, default="auto"
+        For encoders of parts of a volume (a GlobalLocalPretrainer's slices,
+        a DrasCLREncoder's landmark patches): how the parts' features become
+        one vector per volume. ``"auto"`` takes the pretrainer's own
+        (``aggregate`` / ``pooling``; mean when that is ``"none"``);
+        ``"attention"`` is a trainable attention pooling
+        (:class:`~sklearn_cl3d.nn.ItemPooling`). Other sources need
+        ``"auto"``.
     final_norm : bool, default=True
         For a DenseNet backbone without one, add the final BatchNorm
         (``features.norm5``, freshly initialised) of the official
@@ -327,6 +345,10 @@ _COMMON_ATTRS = """
     slicing_ : dict or None
         For slice inputs (a WSP encoder): ``axis``, ``fraction`` and ``size``
         of the slices, taken from the pretrainer; None otherwise.
+    input_adapter_ : object or None
+        For a GlobalLocalPretrainer or DrasCLREncoder source: how volumes
+        become the backbone's input (the pretraining's volume scaling, or
+        the landmark patches); None otherwise.
     device_ : str
         The device training ran on."""
 
@@ -346,6 +368,7 @@ class _BaseFineTuned(
         "init": [StrOptions({"pretrained", "random"})],
         "backbone": [StrOptions(set(BACKBONES)), callable, nn.Module],
         "head": [StrOptions({"linear"}), callable],
+        "pooling": [StrOptions({"auto", "mean", "max", "attention"})],
         "final_norm": ["boolean"],
         "freeze": [
             StrOptions({"none", "backbone"}),
@@ -373,6 +396,7 @@ class _BaseFineTuned(
         init="pretrained",
         backbone="densenet121",
         head="linear",
+        pooling="auto",
         final_norm=True,
         freeze="none",
         lr=1e-4,
@@ -411,6 +435,7 @@ class _BaseFineTuned(
         self.init = init
         self.backbone = backbone
         self.head = head
+        self.pooling = pooling
         self.final_norm = final_norm
         self.freeze = freeze
         self.backbone_lr = backbone_lr
@@ -460,7 +485,10 @@ class _BaseFineTuned(
                 "first (fine-tuning never fits the pretrainer), or pass the "
                 "directory of a saved encoder."
             )
-        if not hasattr(_bare(pretrained), "backbone"):
+        if not (
+            hasattr(pretrained, "_finetune_encoder")
+            or hasattr(_bare(pretrained), "backbone")
+        ):
             raise ValueError(
                 f"The network of the pretrained {type(pretrained).__name__} has no "
                 "'backbone' to fine-tune."
@@ -469,6 +497,8 @@ class _BaseFineTuned(
 
     @staticmethod
     def _slice_geometry(source):
+        if hasattr(source, "_finetune_encoder"):
+            return None  # its backbone reads whole volumes
         if source is None or len(source.input_shape_) != 4:
             return None
         if len(source._network_input_shape()) != 3:
@@ -505,6 +535,11 @@ class _BaseFineTuned(
         raise NotImplementedError
 
     def _make_backbone(self, source):
+        if hasattr(source, "_finetune_encoder"):
+            backbone = source._finetune_encoder(
+                pretrained=self.init == "pretrained", pooling=self.pooling
+            )
+            return backbone, ()
         if source is None:
             spec = self.backbone
             if isinstance(spec, nn.Module):
@@ -719,6 +754,9 @@ class _BaseFineTuned(
 
     def _volumes(self, X, *, reset):
         """Validated X: a float32 array or a lazy VolumeDataset."""
+        adapter = getattr(self, "input_adapter_", None)
+        if adapter is not None:
+            return adapter.load(self, X, reset=reset)
         if self._lazy(X):
             return self._as_dataset(X, None, reset=reset)
         return check_volumes(self, X, reset=reset)
@@ -730,6 +768,23 @@ class _BaseFineTuned(
         )
         source = self._source() if reset else None
         self._missing_y(y)
+        if reset:
+            if self.pooling != "auto" and not hasattr(source, "_finetune_encoder"):
+                what = (
+                    "training from scratch"
+                    if source is None
+                    else (f"a {type(source).__name__}")
+                )
+                raise ValueError(
+                    f"pooling={self.pooling!r} applies to encoders of parts of a "
+                    "volume (GlobalLocalPretrainer, DrasCLREncoder); use "
+                    f"pooling='auto' for {what}."
+                )
+            self.input_adapter_ = (
+                source._finetune_input()
+                if hasattr(source, "_finetune_encoder")
+                else None
+            )
         volumes = self._volumes(X, reset=reset)
         target = self._encode_target(y, len(volumes), reset=reset, classes=classes)
         if reset:
@@ -752,7 +807,7 @@ class _BaseFineTuned(
                 fraction=self.slicing_["fraction"],
             )
             target = None
-        elif isinstance(volumes, VolumeDataset):
+        elif isinstance(volumes, torch.utils.data.Dataset):
             data = _WithTarget(volumes, target)
         else:
             data = volumes

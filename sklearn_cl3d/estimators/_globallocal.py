@@ -4,6 +4,7 @@ loss, stage 2 the first decoder blocks with a local loss, encoder frozen."""
 
 from __future__ import annotations
 
+import copy
 import math
 from numbers import Integral, Real
 
@@ -36,8 +37,10 @@ from ..losses import (
     local_region_positions,
 )
 from ..nn import GlobalHead, LocalHead, UNet
+from ..nn._pooled import SliceSetEncoder, UNetEncoder
 from ._base import BaseContrastivePretrainer
 from ._skorch import draw_base_seed
+from ._transfer import ScaledVolumeInput
 
 __all__ = ["GlobalLocalNet", "GlobalLocalPretrainer", "PercentileScaling"]
 
@@ -1039,6 +1042,41 @@ default="backbone"
         self : object
         """
         return self._fit(X, y, fit_params, partial=True)
+
+    # ------------------------------------------------------ fine-tuning
+
+    def _finetune_encoder(self, *, pretrained, pooling):
+        """Per-volume backbone for FineTunedClassifier/FineTunedRegressor.
+
+        The U-Net encoder (decoder and heads dropped) on every slice of a
+        volume, averaged over space, then pooled over the slices: the
+        ``"backbone"`` features of :meth:`transform`, made trainable.
+        """
+        if self._dims != 2:
+            raise ValueError(
+                "fine-tuning a GlobalLocalPretrainer as a classifier or regressor "
+                "needs dims=2 (slice encoder); with dims=3 use its features "
+                "(transform) or ContrastiveSegmenter."
+            )
+        if pretrained:
+            unet = copy.deepcopy(self._bare_module().unet)
+        else:
+            shape = self.network_input_shape_
+            kwargs = {"dims": 2, "in_channels": shape[0], "channels": self.channels}
+            unet = UNet(**kwargs)
+        if pooling == "auto":
+            pooling = "max" if self.aggregate == "max" else "mean"
+        return SliceSetEncoder(
+            UNetEncoder(unet),
+            slice_axis=self.slice_axis,
+            size=tuple(self.network_input_shape_[1:]),
+            pooling=pooling,
+        )
+
+    def _finetune_input(self):
+        """The per-volume scaling of the pretraining, for the fine-tuner."""
+        steps = [PercentileScaling()] if self.normalize == "percentile" else []
+        return ScaledVolumeInput(steps)
 
     def transform(self, X):
         """Global encoder features of each volume.

@@ -21,6 +21,10 @@ head), and :class:`DrasCLRMoCo` adds the momentum encoder and the
 per-landmark queues. :class:`UNet`, with its heads
 :class:`GlobalHead` and :class:`LocalHead`, is the segmentation network of
 global-local contrastive pretraining.
+:class:`SliceSetEncoder` (with :class:`UNetEncoder`) and
+:class:`LandmarkSetEncoder` encode the slices or landmark patches of a volume
+and pool them (:class:`ItemPooling`) into one vector per volume: the
+backbones a fine-tuner builds from those two pretrainers.
 :func:`build_backbone` builds a backbone from a name in :data:`BACKBONES`, a
 class or an instance.
 """
@@ -31,6 +35,13 @@ from ._condconv import CondConv3d
 from ._densenet import DenseNet3D, densenet121
 from ._drasclr import DrasCLRMoCo, DrasCLRNet, queue_nbytes
 from ._heads import LAYERS, ContrastiveModel, ProjectionHead
+from ._pooled import (
+    ITEM_POOLINGS,
+    ItemPooling,
+    LandmarkSetEncoder,
+    SliceSetEncoder,
+    UNetEncoder,
+)
 from ._registry import BACKBONES, build_backbone
 from ._small import MLPEncoder, SmallCNN3D
 from ._unet import GlobalHead, LocalHead, UNet
@@ -44,13 +55,18 @@ __all__ = [
     "DrasCLRMoCo",
     "DrasCLRNet",
     "GlobalHead",
+    "ITEM_POOLINGS",
+    "ItemPooling",
+    "LandmarkSetEncoder",
     "LocalHead",
     "MLPEncoder",
     "ProjectionHead",
     "ResNet2D",
+    "SliceSetEncoder",
     "SmallCNN3D",
     "TinyNet2D",
     "UNet",
+    "UNetEncoder",
     "build_backbone",
     "densenet121",
     "functional",
