@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 from sklearn.utils import Bunch, check_random_state
 
+from ._bids import bids_image_path, write_dataset_description
 from ._templates import block_average, brain_template_bank
 
 __all__ = ["make_brain_cohort"]
@@ -43,6 +44,8 @@ _VOLUME_KEYS = ("gm_ml", "wm_ml", "csf_ml", "ventricles_ml")
 #: over 2x2x2 blocks.
 RESOLUTIONS = (2, 4, 8)
 MODALITIES = ("T1w", "GM")
+#: BIDS (suffix, entities) of the images of each modality
+_BIDS_NAMES = {"T1w": ("T1w", ()), "GM": ("probseg", (("label", "GM"),))}
 
 
 @dataclass(frozen=True)
@@ -396,10 +399,16 @@ def make_brain_cohort(
     random_state : int, RandomState instance or None, default=None
         Seed of all random draws; the same seed gives identical arrays.
     return_paths : bool, default=False
-        If True, write each subject to ``out_dir`` as ``sub-XXXX_<modality>.nii.gz``
-        (float32, with the MNI affine at this resolution) together with a
-        BIDS-like ``participants.tsv``, and return the file paths in
-        ``volumes`` instead of arrays.
+        If True, write the cohort to ``out_dir`` as a BIDS dataset and
+        return the file paths in ``volumes`` instead of arrays:
+        ``dataset_description.json``, ``participants.tsv`` (the metadata
+        below, sex as ``M``/``F``) and one image per subject (float32, with
+        the MNI affine at this resolution),
+        ``sub-XXXX/anat/sub-XXXX_T1w.nii.gz``, or
+        ``sub-XXXX/anat/sub-XXXX_label-GM_probseg.nii.gz`` for
+        ``modality="GM"`` (a derivative dataset). Read it back with
+        :func:`sklearn_cl3d.data.read_bids` (``suffix="T1w"`` or
+        ``"probseg"``).
     out_dir : str or path-like, default=None
         Output folder (created if missing); required when ``return_paths``.
     acceleration : float, default=None
@@ -563,7 +572,7 @@ def make_brain_cohort(
         if return_paths:
             nifti = nib.Nifti1Image(image, affine)
             nifti.header.set_xyzt_units("mm")
-            path = os.path.join(out_dir, f"{ids[i]}_{modality}.nii.gz")
+            path = bids_image_path(out_dir, ids[i], *_BIDS_NAMES[modality])
             nib.save(nifti, path)
             images.append(path)
         else:
@@ -596,5 +605,11 @@ def make_brain_cohort(
     if return_paths:
         participants = os.path.join(out_dir, "participants.tsv")
         _write_participants(participants, ids, meta, volumes)
+        write_dataset_description(
+            out_dir,
+            f"Synthetic brain cohort ({modality}, {resolution} mm)",
+            "sklearn_cl3d.datasets.make_brain_cohort",
+            derivative=modality != "T1w",
+        )
         data.participants = participants
     return data

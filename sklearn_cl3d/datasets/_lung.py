@@ -16,6 +16,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from sklearn.utils import Bunch, check_random_state
 
+from ._bids import bids_image_path, write_dataset_description
+
 __all__ = ["load_chest_ct", "make_lung_cohort"]
 
 #: Anatomy is designed for a cubic field of view of this size (mm) and scaled
@@ -367,10 +369,15 @@ def make_lung_cohort(
     random_state : int, RandomState instance or None, default=None
         Seed of all random draws; the same seed gives identical arrays.
     return_paths : bool, default=False
-        If True, write ``sub-XXXX_ct.nii.gz`` (float32 HU) and
-        ``sub-XXXX_lungmask.nii.gz`` (uint8) for each subject to ``out_dir``
-        with a ``participants.tsv`` of the targets, and return paths in
-        ``volumes`` and ``lung_mask`` instead of arrays.
+        If True, write the cohort to ``out_dir`` as a BIDS dataset and
+        return paths in ``volumes`` and ``lung_mask`` instead of arrays:
+        ``dataset_description.json``, ``participants.tsv`` of the targets,
+        ``sub-XXXX/anat/sub-XXXX_ct.nii.gz`` (float32 HU) and, in the
+        derivative dataset ``derivatives/lungmask/``,
+        ``sub-XXXX/anat/sub-XXXX_desc-lung_mask.nii.gz`` (uint8). Read it
+        back with :func:`sklearn_cl3d.data.read_bids` (``suffix="ct"``). CT
+        is not yet part of the BIDS specification (a proposal, BEP024), so a
+        strict validator may flag the ``ct`` suffix.
     out_dir : str or path-like, default=None
         Output folder (created if missing); required when ``return_paths``.
 
@@ -446,6 +453,7 @@ def make_lung_cohort(
         import nibabel as nib
 
         volumes, masks = [], []
+        mask_dir = os.path.join(out_dir, "derivatives", "lungmask")
     else:
         volumes = np.empty((n_subjects, 1, *shape), dtype=np.float32)
         masks = np.empty((n_subjects, 1, *shape), dtype=bool)
@@ -454,13 +462,13 @@ def make_lung_cohort(
             canvas, np.random.default_rng(int(seeds[i]))
         )
         if return_paths:
-            for array, suffix, store in (
-                (volume, "ct", volumes),
-                (lung.astype(np.uint8), "lungmask", masks),
+            for array, root, entities, suffix, store in (
+                (volume, out_dir, (), "ct", volumes),
+                (lung.astype(np.uint8), mask_dir, (("desc", "lung"),), "mask", masks),
             ):
                 img = nib.Nifti1Image(array, affine)
                 img.header.set_xyzt_units("mm")
-                path = os.path.join(out_dir, f"{ids[i]}_{suffix}.nii.gz")
+                path = bids_image_path(root, ids[i], suffix, entities)
                 nib.save(img, path)
                 store.append(path)
         else:
@@ -489,6 +497,14 @@ def make_lung_cohort(
                 row = [pid, f"{overall[i]:.5f}"]
                 row += [f"{v:.5f}" for v in regional[i]] + [f"{fev1[i]:.2f}"]
                 fh.write("\t".join(row) + "\n")
+        generator = "sklearn_cl3d.datasets.make_lung_cohort"
+        write_dataset_description(out_dir, "Synthetic chest CT cohort", generator)
+        write_dataset_description(
+            mask_dir,
+            "Lung masks of the synthetic chest CT cohort",
+            generator,
+            derivative=True,
+        )
         data.participants = path
     return data
 
