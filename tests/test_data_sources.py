@@ -480,3 +480,82 @@ def test_4d_nifti_of_nibabel_is_refused_as_one_channel_volume():
     with pytest.raises(ValueError, match=re.escape(EXAMPLE_4D) + ".*4 dimensions"):
         load_volume(EXAMPLE_4D)
     assert load_volume(EXAMPLE_4D, expected_ndim=4)[0].shape == (2, 128, 96, 24)
+
+
+# ----------------------------------------------------- damaged inputs (fuzz)
+ALLOWED = (ValueError, TypeError, FileNotFoundError)
+
+
+def _clean(call):
+    """``call()``, or None after an allowed error with a message."""
+    try:
+        return call()
+    except ALLOWED as exc:
+        assert str(exc).strip(), f"{type(exc).__name__} without a message"
+        return None
+
+
+def test_damaged_tables_give_clean_errors(tmp_path):
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    shutil.copy(STANDARD, tmp_path / "a.nii.gz")
+    shutil.copy(STANDARD, tmp_path / "b.nii.gz")
+    good = b"path,age\na.nii.gz,3\nb.nii.gz,4\n"
+
+    @hypothesis.given(
+        ext=st.sampled_from([".csv", ".tsv"]),
+        content=st.one_of(
+            st.binary(max_size=64),
+            st.builds(
+                lambda cut, junk: good[:cut] + junk + good[cut:],
+                st.integers(0, len(good)),
+                st.binary(max_size=8),
+            ),
+        ),
+        column=st.sampled_from(["path", "age", "x"]),
+    )
+    def check(ext, content, column):
+        table = tmp_path / f"t{ext}"
+        table.write_bytes(content)
+        result = _clean(lambda: read_table(table, path_column=column))
+        if result is not None:
+            paths, meta = result
+            assert all(os.path.exists(p) for p in paths) and len(meta) == len(paths)
+
+    check()
+
+
+def test_damaged_bids_and_dicom_give_clean_errors(tmp_path):
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    root = _bids_tree(tmp_path / "ds", ["sub-01/anat/sub-01_T1w.nii.gz"])
+    series = tmp_path / "series"
+    series.mkdir()
+
+    @hypothesis.given(
+        participants=st.binary(max_size=64),
+        dicom=st.binary(max_size=256),
+    )
+    def check(participants, dicom):
+        (root / "participants.tsv").write_bytes(participants)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = _clean(lambda: read_bids(root))
+        if result is not None:
+            assert len(result[0]) == 1
+        # a file with the DICOM preamble and junk after it
+        (series / "x.dcm").write_bytes(bytes(128) + b"DICM" + dicom)
+        if _has_pydicom():
+            from sklearn_cl3d.data import read_dicom_series
+
+            _clean(lambda: read_dicom_series(series))
+
+    check()
+
+
+def _has_pydicom():
+    try:
+        import pydicom  # noqa: F401
+    except ImportError:
+        return False
+    return True
