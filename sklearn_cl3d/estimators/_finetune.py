@@ -22,7 +22,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from skorch import NeuralNet
-from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
 from skorch.dataset import ValidSplit
 from skorch.utils import to_tensor
 from torch import nn
@@ -286,6 +286,10 @@ nn.Module, default="densenet121"
         ``backbone_lr`` is set); the official fine-tuning's.
     backbone_lr : float or None, default=None
         Learning rate of the backbone's (non-frozen) layers; None uses ``lr``.
+    lr_schedule : {"cosine"} or None, default=None
+        ``"cosine"``: cosine annealing of the learning rate to 0 over
+        ``max_epochs`` epochs, stepped per epoch (the official WSP
+        fine-tuning); None keeps it constant.
     weight_decay : float, default=5e-5
         Weight decay given to the optimizer (official: coupled L2 in Adam).
     early_stopping : bool or int, default=False
@@ -376,6 +380,7 @@ class _BaseFineTuned(
         ],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr": [Interval(Real, 0, None, closed="left"), None],
+        "lr_schedule": [StrOptions({"cosine"}), None],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -401,6 +406,7 @@ class _BaseFineTuned(
         freeze="none",
         lr=1e-4,
         backbone_lr=None,
+        lr_schedule=None,
         weight_decay=5e-5,
         early_stopping=False,
         validation_fraction=0.1,
@@ -439,6 +445,7 @@ class _BaseFineTuned(
         self.final_norm = final_norm
         self.freeze = freeze
         self.backbone_lr = backbone_lr
+        self.lr_schedule = lr_schedule
         self.weight_decay = weight_decay
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -657,6 +664,11 @@ class _BaseFineTuned(
         ]
         if self.verbose:
             callbacks.insert(len(callbacks) - 2, ("progress_bar", ProgressBar()))
+        if self.lr_schedule == "cosine":
+            schedule = LRScheduler(
+                policy="CosineAnnealingLR", T_max=max(1, self.max_epochs), eta_min=0
+            )
+            callbacks.append(("lr_scheduler", schedule))
         patience = _patience(self.early_stopping)
         if patience:
             stopper = EarlyStopping(
