@@ -327,7 +327,7 @@ def run_demo(
     X_lab, dx_lab, age_lab = X[n_unlabelled:], dx[n_unlabelled:], age[n_unlabelled:]
 
     seeds = [random_state + k for k in range(n_seeds)]
-    common = dict(cfg["estimator"], device=device)
+    common = dict(cfg["estimator"], device=device, verbose=0)
     fit_seconds = {}
     t = time.perf_counter()
     log(f"Fitting the voxel baselines on {n_unlabelled} unlabelled subjects ...")

@@ -9,7 +9,14 @@ import re
 import warnings
 
 import torch
-from skorch.callbacks import Callback, Checkpoint, LRScheduler, PassthroughScoring
+import tqdm
+from skorch.callbacks import (
+    Callback,
+    Checkpoint,
+    LRScheduler,
+    PassthroughScoring,
+    ProgressBar,
+)
 from skorch.callbacks.scoring import ScoringBase
 from skorch.utils import noop
 
@@ -17,7 +24,7 @@ from .persistence._errors import PersistenceError
 from .persistence._files import atomic_write, commit_file, discard_file, stage_file
 from .persistence._manifest import make_manifest, read_manifest, sha256_file
 
-__all__ = ["AtomicCheckpoint", "StopOnNonFiniteLoss"]
+__all__ = ["AtomicCheckpoint", "StepProgressBar", "StopOnNonFiniteLoss"]
 
 
 class StopOnNonFiniteLoss(Callback):
@@ -45,6 +52,73 @@ class StopOnNonFiniteLoss(Callback):
                 f"{len(batches)}. Lower the learning rate, check the inputs for "
                 "extreme values (e.g. unnormalised intensities)."
             )
+
+
+class StepProgressBar(ProgressBar):
+    """skorch's ``ProgressBar`` counting the steps this process really runs.
+
+    skorch's ``batches_per_epoch="auto"`` divides the dataset length by the
+    batch size, which is wrong when the last incomplete batch is dropped,
+    when a batch sampler sets the number of steps (WSP, Global-Local,
+    DrasCLR), and in a multi-process run, where every process runs its
+    shard of the epoch (a bar of 8 steps for the 4 each process runs).
+    This bar takes its total from the number of batches of the data loader
+    each phase (training, validation) iterates, as the estimators of this
+    package report it, and is shown by the first process only.
+
+    Parameters
+    ----------
+    batches_per_epoch : int or {"auto", "count"}, default="auto"
+        ``"auto"``: the steps of the epoch's data loaders (the loader's
+        length; a loader without one gives a bar without a total); an int
+        or ``"count"`` as in skorch's ``ProgressBar``.
+    detect_notebook : bool, default=True
+        Use the notebook bar inside Jupyter.
+    postfix_keys : list of str, default=None
+        History keys shown next to the bar (skorch's default: the losses).
+
+    Examples
+    --------
+    >>> from sklearn_cl3d.callbacks import StepProgressBar
+    >>> bar = StepProgressBar()
+    """
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        from . import distributed as _dist
+
+        self._phases_ = set()
+        self._hidden_ = _dist.rank() != 0
+        if self.batches_per_epoch != "auto":
+            super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
+            if self._hidden_:
+                self.pbar_.disable = True
+        else:
+            # created at the first step, when the data loader is known
+            self.pbar_ = None
+
+    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+        if self.batches_per_epoch != "auto" or training in self._phases_:
+            return
+        self._phases_.add(training)
+        # set by the estimator just before this phase's loader is iterated
+        steps = net.__dict__.get("_phase_steps", {}).get(bool(training))
+        if self.pbar_ is None:
+            bar = tqdm.tqdm_notebook if self._use_notebook() else tqdm.tqdm
+            self.pbar_ = bar(total=steps, leave=False, disable=self._hidden_)
+        elif steps is not None and self.pbar_.total is not None:
+            # the validation steps come after the training steps
+            self.pbar_.total += steps
+            self.pbar_.refresh()
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.pbar_ is not None:
+            self.pbar_.close()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in ("_phases_", "_hidden_"):
+            state.pop(key, None)
+        return state
 
 
 def _restore_best_score(callback, history):
@@ -163,7 +237,8 @@ class AtomicCheckpoint(Checkpoint):
     >>> def make(epochs):
     ...     cp = AtomicCheckpoint(dirname=d, resume=True)
     ...     return SimCLRPretrainer(backbone="mlp", batch_size=8, random_state=0,
-    ...                             max_epochs=epochs, callbacks=[("cp", cp)])
+    ...                             max_epochs=epochs, callbacks=[("cp", cp)],
+    ...                             verbose=0)
     >>> len(make(2).fit(X).history)   # e.g. interrupted after 2 epochs
     2
     >>> resumed = make(5).fit(X)      # trains epochs 3 to 5 only

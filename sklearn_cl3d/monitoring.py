@@ -559,7 +559,8 @@ class RepresentationMetrics(_EveryKEpochs):
     >>> X = np.random.default_rng(0).normal(size=(16, 1, 12, 12, 12))
     >>> metrics = RepresentationMetrics(X[:8], every=2)
     >>> ssl = SimCLRPretrainer(backbone="small3d", max_epochs=2, batch_size=8,
-    ...                        random_state=0, callbacks=[("repr", metrics)])
+    ...                        random_state=0, verbose=0,
+    ...                        callbacks=[("repr", metrics)])
     >>> sorted(k for k in ssl.fit(X).history[-1] if k in
     ...        ("alignment", "uniformity", "effective_rank", "feature_std"))
     ['alignment', 'effective_rank', 'feature_std', 'uniformity']

@@ -21,6 +21,7 @@ SMALL = dict(
     batch_size=16,
     augmentation="none",
     random_state=0,
+    verbose=0,
 )
 
 EXPECTED_FAILURES = {

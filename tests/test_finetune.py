@@ -31,6 +31,7 @@ TABULAR = dict(
     max_epochs=20,
     batch_size=32,
     random_state=0,
+    verbose=0,
 )
 
 EXPECTED_FAILURES = {

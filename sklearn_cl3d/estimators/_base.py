@@ -21,13 +21,12 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.metaestimators import available_if
 from skorch import NeuralNet
-from skorch.callbacks import ProgressBar
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
 from .. import distributed as _dist, persistence as _persistence
 from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
-from ..callbacks import StopOnNonFiniteLoss
+from ..callbacks import StepProgressBar, StopOnNonFiniteLoss
 from ..data import (
     VolumeDataset,
     as_volume_dataset,
@@ -136,7 +135,7 @@ class BaseContrastivePretrainer(
         gather_distributed=True,
         sync_batchnorm=False,
         random_state=None,
-        verbose=0,
+        verbose=1,
         train_split=None,
         callbacks=None,
         **kwargs,
@@ -215,7 +214,7 @@ class BaseContrastivePretrainer(
         ]
         if self.verbose:
             # the bar goes before the epoch table so the table is printed last
-            callbacks.insert(len(callbacks) - 2, ("progress_bar", ProgressBar()))
+            callbacks.insert(len(callbacks) - 2, ("progress_bar", StepProgressBar()))
         return callbacks
 
     def initialize_module(self):

@@ -377,8 +377,10 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         ``"auto"`` uses CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds weights, queues and augmentations.
-    verbose : int, default=0
-        0 is silent; 1 shows progress and a table per epoch.
+    verbose : int, default=1
+        1 (skorch's default) shows a progress bar of each epoch's steps and
+        a table per epoch, and a progress bar over the batches of
+        ``transform``/``predict``; 0 is silent.
     train_split : None, default=None
         Must be None: there is no validation split of the patches.
     callbacks : list of (name, callback) or None, default=None
@@ -433,7 +435,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
     >>> corners = [[0, 0, 0], [0, 8, 8], [8, 0, 8]]
     >>> enc = DrasCLREncoder(patch_size=8, n_experts=2, landmarks=corners,
     ...                      queue_size=8, batch_size=2, max_epochs=1,
-    ...                      random_state=0)
+    ...                      random_state=0, verbose=0)
     >>> enc.fit(X).transform(X).shape
     (4, 128)
     >>> enc.transform_patches(X).shape

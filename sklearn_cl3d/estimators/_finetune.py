@@ -22,13 +22,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from skorch import NeuralNet
-from skorch.callbacks import EarlyStopping, LRScheduler, ProgressBar
+from skorch.callbacks import EarlyStopping, LRScheduler
 from skorch.dataset import ValidSplit
 from skorch.utils import to_tensor
 from torch import nn
 
 from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
-from ..callbacks import StopOnNonFiniteLoss
+from ..callbacks import StepProgressBar, StopOnNonFiniteLoss
 from ..data import check_volumes
 from ..data._slices import SliceDataset
 from ..nn import BACKBONES, DenseNet3D, build_backbone
@@ -325,8 +325,10 @@ None, default=None
     random_state : int, RandomState instance or None, default=None
         Seeds the head's initialisation, shuffling, augmentation and the
         validation split.
-    verbose : int, default=0
-        0 is silent; 1 shows a progress bar and a table per epoch.
+    verbose : int, default=1
+        1 (skorch's default) shows a progress bar of each epoch's steps and
+        a table per epoch, and a progress bar over the batches of
+        ``transform``/``predict``; 0 is silent.
     train_split : callable or None, default=None
         skorch's validation split; None trains on all of X (unless
         ``early_stopping`` is set).
@@ -419,7 +421,7 @@ class _BaseFineTuned(
         batch_size=8,
         device="auto",
         random_state=None,
-        verbose=0,
+        verbose=1,
         train_split=None,
         callbacks=None,
         **kwargs,
@@ -663,7 +665,7 @@ class _BaseFineTuned(
             ("stop_on_nonfinite_loss", StopOnNonFiniteLoss()),
         ]
         if self.verbose:
-            callbacks.insert(len(callbacks) - 2, ("progress_bar", ProgressBar()))
+            callbacks.insert(len(callbacks) - 2, ("progress_bar", StepProgressBar()))
         if self.lr_schedule == "cosine":
             schedule = LRScheduler(
                 policy="CosineAnnealingLR", T_max=max(1, self.max_epochs), eta_min=0
@@ -901,12 +903,13 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
     >>> y = np.array([0, 1] * 8)
     >>> X[y == 1] += 1.0
     >>> ssl = SimCLRPretrainer(backbone="small3d", max_epochs=1, batch_size=8,
-    ...                        random_state=0).fit(X)
-    >>> clf = FineTunedClassifier(ssl, max_epochs=2, random_state=0).fit(X, y)
+    ...                        random_state=0, verbose=0).fit(X)
+    >>> clf = FineTunedClassifier(ssl, max_epochs=2, random_state=0,
+    ...                           verbose=0).fit(X, y)
     >>> clf.predict_proba(X[:2]).shape
     (2, 2)
-    >>> FineTunedClassifier(backbone="small3d", max_epochs=1,
-    ...                     random_state=0).fit(X, y).predict(X[:3]).shape
+    >>> FineTunedClassifier(backbone="small3d", max_epochs=1, random_state=0,
+    ...                     verbose=0).fit(X, y).predict(X[:3]).shape
     (3,)
     """
 
@@ -1111,7 +1114,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
     >>> X = rng.normal(size=(20, 5)).astype("float32")
     >>> y = X[:, 0] - X[:, 1]
     >>> reg = FineTunedRegressor(backbone="mlp", normalize=None, lr=1e-2,
-    ...                          max_epochs=5, random_state=0).fit(X, y)
+    ...                          max_epochs=5, random_state=0, verbose=0).fit(X, y)
     >>> reg.predict(X).shape
     (20,)
     """

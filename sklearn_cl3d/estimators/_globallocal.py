@@ -479,7 +479,7 @@ default="backbone"
     >>> gl = GlobalLocalPretrainer(channels=(4, 8, 8, 8), slice_size=32,
     ...                            n_decoder_blocks=1, hidden_dim=16,
     ...                            projection_dim=8, region_dim=8,
-    ...                            max_epochs=1, random_state=0)
+    ...                            max_epochs=1, random_state=0, verbose=0)
     >>> gl.fit(X).transform(X).shape
     (4, 8)
     >>> [row["stage"] for row in gl.history]

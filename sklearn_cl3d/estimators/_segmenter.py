@@ -116,7 +116,10 @@ class ContrastiveSegmenter(
         Run the training forwards through :func:`torch.compile`.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation of the new layers and the shuffling.
-    verbose : int, default=0
+    verbose : int, default=1
+        1 (skorch's default) shows a progress bar of each epoch's steps and
+        a table per epoch, and a progress bar over the batches of
+        ``transform``/``predict``; 0 is silent.
     train_split : callable or None, default=None
         skorch validation split (of slices/volumes); None trains on all.
     callbacks : list of (name, callback) or None, default=None
@@ -163,7 +166,7 @@ class ContrastiveSegmenter(
     >>> X = rng.random((2, 32, 32, 4), dtype="float32")
     >>> masks = (X > 0.5).astype(int)
     >>> seg = ContrastiveSegmenter(channels=(4, 8, 8), slice_size=32,
-    ...                            max_epochs=1, random_state=0)
+    ...                            max_epochs=1, random_state=0, verbose=0)
     >>> seg.fit(X, masks).predict(X).shape
     (2, 32, 32, 4)
     >>> 0.0 <= seg.score(X, masks) <= 1.0
@@ -221,7 +224,7 @@ class ContrastiveSegmenter(
         memory_format="auto",
         compile=False,
         random_state=None,
-        verbose=0,
+        verbose=1,
         train_split=None,
         callbacks=None,
         **kwargs,

@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import (
     validate_parameter_constraints,
 )
 from skorch.utils import to_device, to_tensor
+from tqdm.auto import tqdm
 
 from .. import distributed as _dist
 from .._heap import cpu_heap_reuse
@@ -90,6 +91,13 @@ def _module_draws_from_global_rng(module):
             if isinstance(value, Real) and not isinstance(value, bool) and value > 0:
                 return True
     return False
+
+
+def _len_or_none(iterator):
+    try:
+        return len(iterator)
+    except TypeError:
+        return None
 
 
 def _tensors(out):
@@ -282,6 +290,10 @@ class DevicePlumbingMixin:
         return any(isinstance(v, _CallWithoutGenerator) for v in vars(self).values())
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        if iterator is not None:
+            # the steps this process runs, for the progress bar's total
+            steps = self.__dict__.setdefault("_phase_steps", {})
+            steps[bool(training)] = _len_or_none(iterator)
         streams = self.__dict__.get("_rng_streams")
         if streams is not None and not self._steps_draw_from_global_rng():
             inner = step_fn
@@ -312,7 +324,7 @@ class DevicePlumbingMixin:
         ):
             iterator.generator = torch.Generator()
         seen = 0
-        for batch in iterator:
+        for batch in self._inference_progress(iterator):
             out = to_device(self.evaluation_step(batch, training=training), device)
             bad = _first_nonfinite_row(out)
             if bad is not None:
@@ -327,6 +339,22 @@ class DevicePlumbingMixin:
                 )
             seen += _n_rows(out)
             yield out
+
+    def _inference_progress(self, iterator):
+        """``iterator``, behind a progress bar when ``verbose`` and several
+        batches are read, on the first process, outside ``fit`` (inference
+        by callbacks during training shows no bar of its own)."""
+        total = _len_or_none(iterator)
+        if (
+            not self.verbose
+            or (total is not None and total < 2)
+            or "_rng_streams" in self.__dict__
+            or _dist.rank() != 0
+        ):
+            return iterator
+        return tqdm(
+            iterator, total=total, desc=type(self).__name__, unit="batch", leave=False
+        )
 
     def _generator(self, device):
         """The augmentation generator of this fit on ``device``."""

@@ -223,7 +223,7 @@ default="tinynet"
     >>> X = rng.normal(size=(8, 20, 20, 10)).astype("float32")
     >>> weak = [0, 1] * 4
     >>> wsp = WSPPretrainer(backbone="resnet18", slice_size=32, max_epochs=1,
-    ...                     batch_size=4, random_state=0)
+    ...                     batch_size=4, random_state=0, verbose=0)
     >>> wsp.fit(X, weak).transform(X).shape
     (8, 512)
     """

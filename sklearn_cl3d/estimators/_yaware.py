@@ -92,8 +92,10 @@ default="cutout"
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, shuffling and augmentations, so a given
         integer gives identical results on the same machine and device.
-    verbose : int, default=0
-        0 is silent; 1 shows a progress bar and a table per epoch.
+    verbose : int, default=1
+        1 (skorch's default) shows a progress bar of each epoch's steps and
+        a table per epoch, and a progress bar over the batches of
+        ``transform``/``predict``; 0 is silent.
     train_split : callable or None, default=None
         skorch's validation split; ``None`` trains on all of X.
     callbacks : list of (name, skorch callback) or None, default=None
@@ -172,7 +174,7 @@ callable, default="rbf"
     >>> X = rng.normal(size=(16, 1, 12, 12, 12)).astype("float32")
     >>> age = rng.uniform(20, 80, size=16)
     >>> ssl = YAwarePretrainer(backbone="small3d", max_epochs=1, batch_size=8,
-    ...                        random_state=0)
+    ...                        random_state=0, verbose=0)
     >>> ssl.fit(X, age).transform(X).shape
     (16, 32)
     """
@@ -313,7 +315,7 @@ class SimCLRPretrainer(BaseContrastivePretrainer):
     >>> from sklearn_cl3d import SimCLRPretrainer
     >>> X = np.random.default_rng(0).normal(size=(16, 12, 12, 12))
     >>> ssl = SimCLRPretrainer(backbone="small3d", max_epochs=1, batch_size=8,
-    ...                        random_state=0)
+    ...                        random_state=0, verbose=0)
     >>> ssl.fit(X).transform(X).shape
     (16, 32)
     """

@@ -805,7 +805,7 @@ default=None
     >>> X = rng.normal(size=(60, 6)).astype("float32")
     >>> y = (X[:, 0] > 0).astype(int)
     >>> ssl = SimCLRPretrainer(backbone="mlp", max_epochs=1, batch_size=16,
-    ...                        random_state=0).fit(X)
+    ...                        random_state=0, verbose=0).fit(X)
     >>> table = label_efficiency(
     ...     {"SimCLR": ssl, "scratch": None}, X, y, n_labels=[10, 20],
     ...     n_repeats=2, fine_tune_params={"max_epochs": 2}, random_state=0)
@@ -823,7 +823,7 @@ default=None
     >>> from sklearn.decomposition import PCA
     >>> pca = PCA(n_components=3).fit(X)
     >>> seeds = pretrain_seeds(SimCLRPretrainer(
-    ...     backbone="mlp", max_epochs=1, batch_size=16), X, seeds=2)
+    ...     backbone="mlp", max_epochs=1, batch_size=16, verbose=0), X, seeds=2)
     >>> table = label_efficiency(
     ...     {"SimCLR": seeds, "PCA": pca}, X, y, n_labels=20, n_repeats=2,
     ...     protocols="linear_probe", random_state=0)
@@ -851,6 +851,8 @@ default=None
         if not np.all(np.isfinite(covariates)):
             raise ValueError("covariates contain NaN or infinite values.")
     params = dict(fine_tune_params or {})
+    # one epoch table per cell would bury the results (verbose below reports)
+    params.setdefault("verbose", 0)
     fixed = sorted({"pretrained", "init", "random_state"} & set(params))
     if fixed:
         raise ValueError(

@@ -164,7 +164,8 @@ def save_pretrained(estimator, path, *, exclude=()):
     >>> from sklearn_cl3d import SimCLRPretrainer, load_pretrained
     >>> X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
     >>> ssl = SimCLRPretrainer(backbone="mlp", backbone__hidden_dims=(8,),
-    ...                        max_epochs=1, batch_size=8, random_state=0).fit(X)
+    ...                        max_epochs=1, batch_size=8, random_state=0,
+    ...                        verbose=0).fit(X)
     >>> d = ssl.save_pretrained(tempfile.mkdtemp() + "/encoder")
     >>> sorted(p.name for p in d.iterdir())
     ['config.json', 'manifest.json', 'weights.pt']
@@ -374,7 +375,7 @@ def load_pretrained(
     >>> rng = np.random.default_rng(0)
     >>> X, age = rng.normal(size=(16, 6)), rng.uniform(20, 80, 16)
     >>> ssl = YAwarePretrainer(backbone="mlp", max_epochs=1, batch_size=8,
-    ...                        random_state=0).fit(X, age)
+    ...                        random_state=0, verbose=0).fit(X, age)
     >>> d = ssl.save_pretrained(tempfile.mkdtemp() + "/encoder")
     >>> YAwarePretrainer.load_pretrained(d, device="cpu").transform(X).shape
     (16, 64)
