@@ -559,3 +559,11 @@ def _has_pydicom():
     except ImportError:
         return False
     return True
+
+
+def test_a_folder_without_dicom_files_in_a_list_is_refused(scans):
+    folder, paths = scans
+    with pytest.raises(ValueError, match=r"is a folder without DICOM files"):
+        as_volume_dataset([paths[0], str(folder)])
+    with pytest.raises(ValueError, match=re.escape(str(folder))):
+        load_volume(folder)

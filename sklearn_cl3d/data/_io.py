@@ -45,6 +45,7 @@ from numpy.lib import format as npy_format
 
 from ._dicom import read_dicom_series, read_dicom_series_header
 from ._nrrd import _DEFLATE_MAX_RATIO, MAX_VOLUME_BYTES, read_nrrd, read_nrrd_header
+from ._paths import is_dicom_series_dir
 
 __all__ = ["SUPPORTED_EXTENSIONS", "load_volume", "is_volume_source"]
 
@@ -248,6 +249,12 @@ def _check_path(path):
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     if os.path.isdir(path):
+        if not is_dicom_series_dir(path):
+            raise ValueError(
+                f"{path} is a folder without DICOM files: a folder in a list of "
+                "sources is read as one DICOM series (give a folder or a glob "
+                "pattern as X itself to use the image files in it)."
+            )
         return path
     if _extension(path) is None:
         raise ValueError(

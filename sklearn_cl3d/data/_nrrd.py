@@ -25,6 +25,15 @@ make it allocate more than the volume it declares:
   bytes than declared are refused.
 
 Every error is a :class:`ValueError` whose message names the file.
+
+Why not pynrrd, the field's reader: it reads the whole payload into memory,
+decompresses gzip/bzip2 data without an output limit (a small file can
+expand to gigabytes before its size is checked), skips ``line skip`` lines
+one ``readline`` at a time (a huge count never ends), reads header lines of
+any length, and follows ``data file`` to other files. Its header parser alone
+would need our bounded header reading in front of it and our bounded data
+reading behind it, which is most of this module. The tests check this reader
+against pynrrd on files pynrrd writes (every encoding, LPS geometry).
 """
 
 from __future__ import annotations
