@@ -567,3 +567,27 @@ def test_a_folder_without_dicom_files_in_a_list_is_refused(scans):
         as_volume_dataset([paths[0], str(folder)])
     with pytest.raises(ValueError, match=re.escape(str(folder))):
         load_volume(folder)
+
+
+def test_read_bids_joins_sessions_tsv(tmp_path):
+    root = _bids_tree(
+        tmp_path / "ds",
+        [
+            "sub-01/ses-01/anat/sub-01_ses-01_T1w.nii.gz",
+            "sub-01/ses-02/anat/sub-01_ses-02_T1w.nii.gz",
+            "sub-02/ses-01/anat/sub-02_ses-01_T1w.nii.gz",
+        ],
+    )
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text(
+        "session_id\tage\tscanner\nses-01\t30.5\tA\nses-02\t32.0\tn/a\n"
+    )
+    paths, meta = read_bids(root)
+    assert meta["age"].tolist()[:2] == [30.5, 32.0] and np.isnan(meta["age"][2])
+    assert meta["age_participant"].tolist() == [30, 30, 40]
+    assert meta["scanner"].iloc[0] == "A" and meta["scanner"].isna()[1]
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session\tage\n01\t3\n")
+    with pytest.raises(ValueError, match="sub-01_sessions.tsv has no session_id"):
+        read_bids(root)
+    (root / "sub-01" / "sub-01_sessions.tsv").write_text("session_id\nses-01\nses-01\n")
+    with pytest.raises(ValueError, match="more than once: ses-01"):
+        read_bids(root)

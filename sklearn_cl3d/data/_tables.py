@@ -298,6 +298,38 @@ def _entity_matches(found, wanted):
     return True
 
 
+def _join_sessions(root, frame, pd):
+    """Join each subject's ``sub-X/sub-X_sessions.tsv`` on the session."""
+    tables = []
+    for subject in sorted(set(frame["participant_id"])):
+        path = os.path.join(root, subject, f"{subject}_sessions.tsv")
+        if not os.path.isfile(path):
+            continue
+        table = _read_delimited(path, "\t", pd, "sessions file")
+        if "session_id" not in table.columns:
+            raise ValueError(
+                f"{path} has no session_id column; its columns are "
+                f"{[str(c) for c in table.columns]}."
+            )
+        ids = table["session_id"].astype(str)
+        if ids.duplicated().any():
+            raise ValueError(
+                f"{path} lists session(s) more than once: "
+                f"{_listed(sorted(set(ids[ids.duplicated()])))}."
+            )
+        table = table.drop(columns=["session_id"])
+        table.insert(0, "session", [i[4:] if i.startswith("ses-") else i for i in ids])
+        table.insert(0, "participant_id", subject)
+        tables.append(table)
+    if not tables:
+        return frame
+    sessions = pd.concat(tables, ignore_index=True)
+    keys = ("participant_id", "session")
+    clashes = [c for c in sessions.columns if c in frame.columns and c not in keys]
+    sessions = sessions.rename(columns={c: f"{c}_session" for c in clashes})
+    return frame.merge(sessions, on=list(keys), how="left", validate="many_to_one")
+
+
 def read_bids(
     root,
     suffix="T1w",
@@ -316,9 +348,10 @@ def read_bids(
     This is a light built-in reader of the common layout, not pybids (a
     heavy dependency: SQLAlchemy, a formula library and a database index of
     the whole dataset). It does not apply BIDS' metadata inheritance
-    (JSON sidecars are not read), read ``sessions.tsv`` files or derivatives,
-    or honour ``.bidsignore``; for those, select the images with pybids and
-    give their paths to :func:`read_table`.
+    (JSON sidecars are not read), read ``scans.tsv`` files or derivatives
+    (unless ``root`` is a derivative dataset), or honour ``.bidsignore``; for
+    those, select the images with pybids and give their paths to
+    :func:`read_table`.
 
     Parameters
     ----------
@@ -347,8 +380,11 @@ def read_bids(
     metadata : pandas.DataFrame
         One row per image: ``participant_id``, ``session`` (when the dataset
         has sessions), one column per further entity found in the file names
-        (``acq``, ``run``, ...), ``path``, then the columns of
-        ``participants.tsv`` (``n/a`` is a missing value).
+        (``acq``, ``run``, ...), ``path``, then the columns of each subject's
+        ``sub-<label>_sessions.tsv`` (joined on the session; e.g. the age at
+        each session), then those of ``participants.tsv``. ``n/a`` is a
+        missing value; a column whose name is already taken gets the suffix
+        ``_session`` or ``_participant``.
 
     Raises
     ------
@@ -357,9 +393,9 @@ def read_bids(
     ValueError
         If ``root`` has no ``sub-*`` folder, no image matches (the message
         says what was looked for), an image is a broken link (e.g. a DataLad
-        file whose content was not fetched), ``participants.tsv`` has no
-        ``participant_id`` column or lists a participant twice, or a
-        parameter is malformed.
+        file whose content was not fetched), ``participants.tsv`` (or a
+        ``sessions.tsv``) has no ``participant_id`` (``session_id``) column
+        or lists a participant (session) twice, or a parameter is malformed.
     TypeError
         If ``session`` or an entity value has the wrong type.
     ImportError
@@ -463,6 +499,8 @@ def read_bids(
         + ["path"]
     )
     frame = frame[ordered]
+    if "session" in frame.columns:
+        frame = _join_sessions(root, frame, pd)
 
     participants_file = os.path.join(root, "participants.tsv")
     if os.path.isfile(participants_file):
