@@ -12,6 +12,7 @@ from .estimators import (
     WSPPretrainer,
     YAwarePretrainer,
 )
+from .export import export
 
 __version__ = "0.1.0.dev0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "WSPPretrainer",
     "YAwarePretrainer",
     "__version__",
+    "export",
     "load_pretrained",
     "load_state_dict",
     "save_pretrained",
