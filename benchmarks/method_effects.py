@@ -1,0 +1,449 @@
+"""Does each method beat its ablations and a random network? Paired CIs.
+
+The main job (``sklearn-cl3d demo``) shows y-Aware against SimCLR, a random
+network and PCA over pretraining seeds and probe splits. This script holds
+the other three methods to the same standard, on the built-in data, at the
+scale of their gallery examples:
+
+``wsp``
+    WSP on the synthetic chest CT cohort (weak label = the reference label
+    flipped for a random quarter of the volumes), against its ablations
+    (slice position only, weak label only, neither = SimCLR) and a random
+    network; linear probe of the frozen volume features on the reference
+    label, by number of labelled volumes.
+
+Every method is pretrained with ``--seeds`` seeds and probed over
+``--splits`` stratified shuffle splits; :func:`sklearn_cl3d.evaluation.
+paired_differences` gives each method minus the full method with a bootstrap
+95 % CI over seeds x splits. The JSON keeps every score.
+
+Run from the repository root, one experiment at a time::
+
+    python benchmarks/method_effects.py wsp --out benchmarks/measured/effect_wsp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import machine  # noqa: E402
+
+
+def _log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _table(results, reference):
+    from sklearn_cl3d.evaluation import paired_differences, summarize
+
+    summary = summarize(results)
+    diffs = paired_differences(results, reference, random_state=0)
+    for row in summary:
+        _log(
+            f"{row['method']:>22s} n={row['n_labels']:>4d} "
+            f"{row['mean']:.3f} +/- {row['std']:.3f}"
+        )
+    for d in diffs:
+        _log(
+            f"{d['method']:>22s} - {reference} n={d['n_labels']:>4d} "
+            f"{d['mean_difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+            f" ({d['n_seeds']} seeds x {d['n_splits']} splits)"
+        )
+    return summary, diffs
+
+
+# --------------------------------------------------------------------- WSP
+WSP_COMMON = dict(
+    backbone="sklearn_cl3d.nn.ResNet2D",
+    backbone__blocks=(1, 1, 1, 1),
+    backbone__widths=(8, 16, 32, 64),
+    slice_size=48,
+    hidden_dim=64,
+    projection_dim=32,
+    batch_size=32,
+    lr=1e-3,
+    max_epochs=20,
+    device="cpu",
+    verbose=0,
+)
+WSP_VARIANTS = {
+    "WSP": dict(sigma=0.1),
+    "position only": dict(sigma=0.1, use_labels=False),
+    "weak label only": dict(use_positions=False),
+    "SimCLR": dict(use_labels=False, use_positions=False),
+    "random network": dict(max_epochs=0),
+}
+
+
+def wsp(args):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sklearn_cl3d import WSPPretrainer
+    from sklearn_cl3d.data import HUWindow
+    from sklearn_cl3d.datasets import make_lung_cohort
+    from sklearn_cl3d.evaluation import label_efficiency
+    from sklearn_cl3d.nn import ResNet2D
+
+    n_pretrain, n_labelled = args.n_pretrain, args.n_labelled
+    cohort = make_lung_cohort(
+        n_pretrain + n_labelled, shape=(48, 48, 48), spacing=320 / 48, random_state=0
+    )
+    X = HUWindow(low=-1000.0, high=-700.0).fit_transform(cohort.volumes)
+    y_true = (cohort.emphysema_fraction > 0.10).astype(int)
+    rng = np.random.default_rng(0)
+    flipped = rng.random(len(y_true)) < args.flip
+    y_weak = np.where(flipped, 1 - y_true, y_true)
+    X_pool, weak_pool = X[:n_pretrain], y_weak[:n_pretrain]
+    X_lab, y_lab = X[n_pretrain:], y_true[n_pretrain:]
+
+    common = {
+        **WSP_COMMON,
+        "backbone": ResNet2D,
+        "max_epochs": args.epochs,
+        "lr": args.lr,
+    }
+    variants = {
+        name: {**params, "sigma": args.sigma} if "sigma" in params else params
+        for name, params in WSP_VARIANTS.items()
+    }
+    methods, timings, losses = {}, {}, {}
+    for name, params in variants.items():
+        if args.only and name not in args.only:
+            continue
+        fits = []
+        for seed in range(args.seeds):
+            tic = time.perf_counter()
+            est = WSPPretrainer(**{**common, **params, "random_state": seed})
+            est.fit(X_pool, weak_pool)
+            timings.setdefault(name, []).append(time.perf_counter() - tic)
+            if est.history:
+                losses.setdefault(name, []).append(
+                    [float(v) for v in est.history[:, "train_loss"]]
+                )
+            fits.append(est)
+            _log(f"{name} seed {seed}: {timings[name][-1]:.1f} s")
+        methods[name] = fits
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=args.C, max_iter=2000))
+    results = label_efficiency(
+        methods,
+        X_lab,
+        y_lab,
+        n_labels=args.labels,
+        protocols="linear_probe",
+        n_repeats=args.splits,
+        test_size=args.test_size,
+        probe=probe,
+        random_state=0,
+    )
+    summary, diffs = _table(results, "WSP")
+    return {
+        "setting": {
+            "n_pretrain": n_pretrain,
+            "n_labelled": n_labelled,
+            "weak_label_flip": args.flip,
+            "weakly_positive": float(weak_pool.mean()),
+            "labelled_positive": float(y_lab.mean()),
+            "common": {k: str(v) for k, v in common.items()},
+            "variants": variants,
+            "probe": f"StandardScaler + LogisticRegression(C={args.C})",
+        },
+        "fit_seconds": timings,
+        "train_loss": losses,
+        "results": results,
+        "summary": summary,
+        "paired_differences": diffs,
+    }
+
+
+# ------------------------------------------------------------ global-local
+def globallocal(args):
+    from sklearn_cl3d import ContrastiveSegmenter, GlobalLocalPretrainer
+    from sklearn_cl3d.datasets import make_brain_cohort
+
+    n_unlab, n_pool, n_test = args.n_pretrain, args.n_pool, args.n_test
+    cohort = make_brain_cohort(
+        n_unlab + n_pool + n_test,
+        resolution=args.resolution,
+        random_state=0,
+        return_labels=True,
+    )
+    X, labels = cohort.volumes, cohort.labels
+    X_unlab = X[:n_unlab]
+    X_pool, y_pool = X[n_unlab : n_unlab + n_pool], labels[n_unlab : n_unlab + n_pool]
+    X_test, y_test = X[-n_test:], labels[-n_test:]
+    net = dict(channels=tuple(args.channels), slice_size=args.slice_size)
+    pretrain = dict(
+        strategy="GD",
+        local=None,
+        n_partitions=4,
+        max_epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        device="cpu",
+        verbose=0,
+        **net,
+    )
+    inits, timings, losses = {"random init": [None]}, {}, {}
+    for seed in range(args.seeds):
+        tic = time.perf_counter()
+        g = GlobalLocalPretrainer(**pretrain, random_state=seed).fit(X_unlab)
+        timings.setdefault("global", []).append(time.perf_counter() - tic)
+        tic = time.perf_counter()
+        gl = copy.deepcopy(g).set_params(
+            local="LR", max_epochs=0, local_epochs=args.epochs
+        )
+        gl.partial_fit(X_unlab)
+        timings.setdefault("local", []).append(time.perf_counter() - tic)
+        for name, est in (("global only", g), ("global + local", gl)):
+            inits.setdefault(name, []).append(est)
+            losses.setdefault(name, []).append(
+                [[row["stage"], float(row["train_loss"])] for row in est.history]
+            )
+        _log(
+            f"pretraining seed {seed}: {timings['global'][-1]:.0f} s + "
+            f"{timings['local'][-1]:.0f} s"
+        )
+
+    n_slices = X.shape[-1]
+    rng = np.random.default_rng(0)
+    results = []
+    for repeat in range(args.splits):
+        chosen = rng.choice(n_pool, size=max(args.labels), replace=False)
+        for n in args.labels:
+            train = chosen[:n]
+            steps_per_epoch = -(-n * n_slices // args.ft_batch)
+            epochs = max(1, round(args.ft_steps / steps_per_epoch))
+            for name, fits in inits.items():
+                if args.only and name not in args.only:
+                    continue
+                for seed, pretrained in enumerate(fits):
+                    tic = time.perf_counter()
+                    seg = ContrastiveSegmenter(
+                        pretrained,
+                        n_classes=4,
+                        max_epochs=epochs,
+                        batch_size=args.ft_batch,
+                        bn_momentum=0.1,
+                        device="cpu",
+                        verbose=0,
+                        random_state=repeat,
+                        **({} if pretrained is not None else net),
+                    )
+                    seg.fit(X_pool[train], y_pool[train])
+                    results.append(
+                        {
+                            "method": name,
+                            "protocol": "fine_tune",
+                            "n_labels": int(n),
+                            "repeat": repeat,
+                            "seed": None if pretrained is None else seed,
+                            "score": float(seg.score(X_test, y_test)),
+                            "fit_seconds": time.perf_counter() - tic,
+                        }
+                    )
+        _log(f"split {repeat} done")
+    summary, diffs = _table(results, "global + local")
+    return {
+        "setting": {
+            "cohort": f"make_brain_cohort(resolution={args.resolution}, "
+            "return_labels=True): T1w, labels 0 bg / 1 CSF / 2 GM / 3 WM",
+            "n_unlabelled": n_unlab,
+            "n_pool": n_pool,
+            "n_test": n_test,
+            "pretraining": {k: str(v) for k, v in pretrain.items()},
+            "fine_tuning": {
+                "steps": args.ft_steps,
+                "batch_size": args.ft_batch,
+                "loss": "Dice + CE",
+                "bn_momentum": 0.1,
+                "score": "mean foreground Dice (CSF, GM, WM) on the test volumes",
+            },
+        },
+        "pretrain_seconds": timings,
+        "train_loss": losses,
+        "results": results,
+        "summary": summary,
+        "paired_differences": diffs,
+    }
+
+
+# ------------------------------------------------------------------ DrasCLR
+DRASCLR_VARIANTS = {
+    "DrasCLR": {},
+    "no location routing": {"conditioning": False},
+    "no neighbour loss": {"beta": 0.0},
+    "random network": {"max_epochs": 0},
+}
+
+
+class _LAA950:
+    """Share of voxels below -950 HU in every landmark window (fixed)."""
+
+    def __init__(self, landmarks, patch_size):
+        self.landmarks, self.patch_size = landmarks, patch_size
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def transform(self, X):
+        from sklearn_cl3d.data import extract_patches
+
+        return np.stack(
+            [
+                (extract_patches(x, self.landmarks, self.patch_size) < -950).mean(
+                    axis=(1, 2, 3, 4)
+                )
+                for x in X
+            ]
+        )
+
+
+def drasclr(args):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from sklearn_cl3d import DrasCLREncoder
+    from sklearn_cl3d.data import make_landmarks
+    from sklearn_cl3d.datasets import make_lung_cohort
+    from sklearn_cl3d.evaluation import label_efficiency
+
+    n_pretrain, n_labelled = args.n_pretrain, args.n_labelled
+    cohort = make_lung_cohort(
+        n_pretrain + n_labelled, shape=(64, 64, 64), spacing=5.0, random_state=0
+    )
+    X = cohort.volumes
+    regional = cohort.regional_emphysema
+    upper = regional[:, [0, 3]].mean(axis=1)  # right_upper, left_upper
+    y = np.log10(0.01 + upper)
+    patch_size = 16
+    atlas_mask = cohort.lung_mask[:n_pretrain, 0].mean(axis=0) > 0.5
+    landmarks = make_landmarks(
+        atlas_mask, patch_size=patch_size, stride=12, min_fraction=0.3
+    )
+    common = dict(
+        patch_size=patch_size,
+        landmarks=landmarks,
+        n_experts=8,
+        n_neighbors=2,
+        queue_size=64,
+        batch_size=24,
+        max_epochs=args.epochs,
+        lr=args.lr,
+        device="cpu",
+        verbose=0,
+    )
+    methods, timings, losses = {}, {}, {}
+    for name, params in DRASCLR_VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        for seed in range(args.seeds):
+            tic = time.perf_counter()
+            est = DrasCLREncoder(**{**common, **params, "random_state": seed})
+            est.fit(X[:n_pretrain])
+            timings.setdefault(name, []).append(time.perf_counter() - tic)
+            if est.history:
+                losses.setdefault(name, []).append(
+                    [float(row["train_loss"]) for row in est.history]
+                )
+            methods.setdefault(name, []).append(est)
+            _log(f"{name} seed {seed}: {timings[name][-1]:.1f} s")
+    methods["LAA-950 per landmark"] = _LAA950(landmarks, patch_size).fit(None)
+    probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+    results = label_efficiency(
+        methods,
+        X[n_pretrain:],
+        y[n_pretrain:],
+        n_labels=args.labels,
+        protocols="linear_probe",
+        task="regression",
+        n_repeats=args.splits,
+        test_size=args.test_size,
+        probe=probe,
+        random_state=0,
+    )
+    summary, diffs = _table(results, "DrasCLR")
+    return {
+        "setting": {
+            "cohort": "make_lung_cohort(64^3, 5 mm), target log10(0.01 + "
+            "upper-zone emphysema fraction)",
+            "n_pretrain": n_pretrain,
+            "n_labelled": n_labelled,
+            "n_landmarks": len(landmarks),
+            "common": {k: str(v) for k, v in common.items() if k != "landmarks"},
+            "variants": DRASCLR_VARIANTS,
+            "probe": "StandardScaler + RidgeCV(alphas=logspace(-2, 4, 13)), R2",
+        },
+        "fit_seconds": timings,
+        "train_loss": losses,
+        "results": results,
+        "summary": summary,
+        "paired_differences": diffs,
+    }
+
+
+DEFAULTS = {
+    "wsp": {"labels": [20, 50, 100], "n_pretrain": 300, "epochs": 20, "lr": 1e-3},
+    "globallocal": {"labels": [1, 2, 4], "n_pretrain": 40, "epochs": 4, "lr": 1e-3},
+    "drasclr": {"labels": [20, 50, 100], "n_pretrain": 100, "epochs": 5, "lr": 0.05},
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("method", choices=["wsp", "globallocal", "drasclr"])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--splits", type=int, default=10)
+    parser.add_argument("--labels", type=int, nargs="+", default=None)
+    parser.add_argument("--test-size", type=float, default=0.25)
+    parser.add_argument("--only", nargs="+", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--n-pretrain", type=int, default=None)
+    parser.add_argument("--n-labelled", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--flip", type=float, default=0.25)
+    parser.add_argument("--C", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--sigma", type=float, default=0.1)
+    # global-local
+    parser.add_argument("--n-pool", type=int, default=20)
+    parser.add_argument("--n-test", type=int, default=10)
+    parser.add_argument("--resolution", type=int, default=4)
+    parser.add_argument(
+        "--channels", type=int, nargs=6, default=[8, 16, 32, 64, 64, 64]
+    )
+    parser.add_argument("--slice-size", type=int, default=64)
+    parser.add_argument("--steps-per-epoch", type=int, default=25)
+    parser.add_argument("--ft-steps", type=int, default=100)
+    parser.add_argument("--ft-batch", type=int, default=8)
+    args = parser.parse_args(argv)
+    for key, value in DEFAULTS[args.method].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    tic = time.perf_counter()
+    record = {"command": " ".join(sys.argv), "method": args.method}
+    record["machine"] = machine("cpu")
+    record.update(
+        {"wsp": wsp, "globallocal": globallocal, "drasclr": drasclr}[args.method](args)
+    )
+    record["total_seconds"] = time.perf_counter() - tic
+    _log(f"total {record['total_seconds']:.0f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(torch.get_num_threads()))
+    main()
