@@ -124,7 +124,7 @@ class UNetEncoder(nn.Module):
         self.out_features = int(unet.channels[-1])
 
     def forward(self, x):
-        """Spatially averaged deepest encoder map of ``x`` (n, C, *spatial)."""
+        """Spatially averaged deepest encoder map of ``x``, shape ``(n, C, ...)``."""
         pool = F.max_pool2d if self.dims == 2 else F.max_pool3d
         for i, level in enumerate(self.encoder):
             if i:
