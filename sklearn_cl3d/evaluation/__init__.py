@@ -13,13 +13,10 @@ split and seed, with bootstrap confidence intervals, and
 labels.
 """
 
-from ._label_efficiency import (
-    PROTOCOLS,
-    label_efficiency,
-    label_efficiency_splits,
-    pretrain_seeds,
-)
+from ._label_efficiency import PROTOCOLS, label_efficiency
+from ._methods import pretrain_seeds
 from ._plot import plot_label_efficiency
+from ._splits import label_efficiency_splits
 from ._statistics import _summary as _summary, paired_differences, summarize
 
 __all__ = [
