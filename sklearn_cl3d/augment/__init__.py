@@ -7,12 +7,14 @@ dtype and device. The in-plane geometric operations (:class:`AxisFlip`,
 :class:`RandomAreaCrop`, :class:`RandomTranslate`, :class:`RandomRotate`)
 reproduce the 2-D augmentations of the official WSP code;
 :class:`RandomBrightnessContrast` and :class:`RandomCropResize` are the views
-of global-local contrastive pretraining.
+of global-local contrastive pretraining, :class:`RandomAffine3D` and
+:class:`RandomContrast` (a gamma curve) those of DrasCLR.
 :func:`make_augmentation` builds the pipelines of the official y-Aware and
 WSP code from their names.
 """
 
 from ._affine import AxisFlip, RandomAreaCrop, RandomRotate, RandomTranslate
+from ._drasclr import RandomAffine3D, RandomContrast
 from ._intensity import RandomBrightnessContrast, RandomCropResize
 from ._presets import AUGMENTATION_PRESETS, make_augmentation
 from ._transforms import (
@@ -39,6 +41,8 @@ __all__ = [
     "RandomRotate",
     "RandomBrightnessContrast",
     "RandomCropResize",
+    "RandomAffine3D",
+    "RandomContrast",
     "RandomApply",
     "Compose",
     "make_augmentation",

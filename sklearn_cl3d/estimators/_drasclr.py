@@ -11,14 +11,18 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage as ndi
 from sklearn.utils._param_validation import Interval, StrOptions
 from skorch import NeuralNet
 from skorch.callbacks import LRScheduler
 from skorch.dataset import Dataset, unpack_data
 
-from ..augment import Compose, GaussianNoise, RandomApply, make_augmentation
+from ..augment import make_augmentation
+from ..augment._drasclr import (
+    RandomAffine3D as _RandomAffine3D,  # noqa: F401 (the old private names)
+    RandomContrast as _RandomContrast,  # noqa: F401
+    drasclr_augmentation,
+)
 from ..data import landmark_neighbors, load_volume, make_landmarks
 from ..data._patches import (
     LandmarkPatchDataset,
@@ -52,125 +56,6 @@ _UNUSED_BASE_PARAMS = (
     "gather_distributed",
     "sync_batchnorm",
 )
-
-
-# ------------------------------------------------------------- augmentation
-
-
-def _rotation(angles):
-    """Batched ``R0(a0) @ R1(a1) @ R2(a2)``, R_a rotating about array axis a."""
-    c, s = torch.cos(angles), torch.sin(angles)
-    batch = angles.shape[0]
-    out = torch.eye(3, dtype=angles.dtype, device=angles.device).repeat(batch, 1, 1)
-    for axis in range(3):
-        u, v = [a for a in range(3) if a != axis]
-        rot = torch.eye(3, dtype=angles.dtype, device=angles.device).repeat(batch, 1, 1)
-        rot[:, u, u] = c[:, axis]
-        rot[:, u, v] = -s[:, axis]
-        rot[:, v, u] = s[:, axis]
-        rot[:, v, v] = c[:, axis]
-        out = out @ rot
-    return out
-
-
-class _RandomAffine3D:
-    """Random rotation, scaling and translation of every cubic patch.
-
-    Output voxel at centred coordinate ``c`` (array axes) reads the input at
-    ``R @ (S @ c + t)``: ``R`` the product of rotations about the three axes,
-    each by ``U(-rotate, rotate)`` radians; ``S = diag(1 + U(-scale, scale))``
-    per axis; ``t`` a shift of ``U(-translate, translate) * size`` voxels per
-    axis. Trilinear interpolation, border padding. Every channel of a sample
-    shares its draw.
-    """
-
-    def __init__(self, rotate=math.pi / 18, scale=0.1, translate=0.375):
-        self.rotate = rotate
-        self.scale = scale
-        self.translate = translate
-
-    def __repr__(self):
-        return (
-            f"RandomAffine3D(rotate={self.rotate:.4g}, scale={self.scale}, "
-            f"translate={self.translate})"
-        )
-
-    def __call__(self, x, generator=None):
-        batch = x.shape[0]
-        if batch == 0:
-            return x.clone()
-        sizes = torch.tensor(x.shape[2:], dtype=torch.float64, device=x.device)
-
-        def draw(bound):
-            u = torch.rand(
-                batch, 3, generator=generator, device=x.device, dtype=torch.float32
-            )
-            return ((2 * u - 1) * bound).to(torch.float64)
-
-        rot = _rotation(draw(self.rotate))
-        scale = 1 + draw(self.scale)
-        shift = draw(self.translate) * sizes  # voxels
-        # centred voxel coords c = (N / 2) n for align_corners=False
-        half = sizes / 2
-        matrix = rot * scale[:, None, :]  # R @ diag(S)
-        matrix = matrix * half[None, None, :] / half[None, :, None]
-        offset = (rot @ shift[:, :, None])[:, :, 0] / half
-        # array axes (d, h, w) -> affine_grid's (x=w, y=h, z=d)
-        flip = [2, 1, 0]
-        theta = torch.cat(
-            [matrix[:, flip][:, :, flip], offset[:, flip, None]], dim=2
-        ).to(torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
-        work = x.to(theta.dtype)
-        grid = F.affine_grid(theta, list(work.shape), align_corners=False)
-        out = F.grid_sample(
-            work, grid, mode="bilinear", padding_mode="border", align_corners=False
-        )
-        return out.to(x.dtype)
-
-
-class _RandomContrast:
-    """Gamma contrast per sample: ``((x - min) / range) ** g * range + min``.
-
-    ``g ~ U(gamma)``; ``min`` and ``range`` over the sample's voxels (all
-    channels); range regularised by 1e-7.
-    """
-
-    def __init__(self, gamma=(0.5, 4.5)):
-        self.gamma = gamma
-
-    def __repr__(self):
-        return f"RandomContrast(gamma={self.gamma})"
-
-    def __call__(self, x, generator=None):
-        batch = x.shape[0]
-        if batch == 0:
-            return x.clone()
-        low, high = self.gamma
-        u = torch.rand(batch, generator=generator, device=x.device)
-        gamma = (low + (high - low) * u).to(x.dtype)
-        shape = (batch,) + (1,) * (x.ndim - 1)
-        flat = x.reshape(batch, -1)
-        lo = flat.amin(dim=1).reshape(shape)
-        span = flat.amax(dim=1).reshape(shape) - lo
-        unit = ((x - lo) / (span + 1e-7)).clamp_min(0)
-        return unit ** gamma.reshape(shape) * span + lo
-
-
-def drasclr_augmentation():
-    """The official "agc" views, in window-shifted HU (``HU - low``).
-
-    a: :class:`_RandomAffine3D` (rotation up to pi/18 per axis, scale 1 +/-
-    0.1, shift up to 0.375 of the patch, i.e. 12 voxels of 32), always; g:
-    Gaussian noise of std 50 HU with probability 0.25; c: gamma contrast,
-    ``g ~ U(0.5, 4.5)``, with probability 0.25.
-    """
-    return Compose(
-        [
-            _RandomAffine3D(),
-            RandomApply(GaussianNoise(std=50.0), p=0.25),
-            RandomApply(_RandomContrast(), p=0.25),
-        ]
-    )
 
 
 # ---------------------------------------------------------------- landmarks
