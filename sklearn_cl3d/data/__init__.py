@@ -2,6 +2,7 @@
 preprocessing transformers, and validation; paths and metadata from tables,
 BIDS datasets, folders and glob patterns."""
 
+from ._cache import CacheWarning
 from ._dataset import VolumeDataset, as_volume_dataset, is_volume_collection
 from ._dicom import read_dicom_series
 from ._io import SUPPORTED_EXTENSIONS, load_volume
@@ -40,6 +41,7 @@ from ._validation import check_input_shape, check_metadata, check_volumes
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "BalancedVolumeBatchSampler",
+    "CacheWarning",
     "PartitionBatchSampler",
     "PartitionSliceDataset",
     "partition_bounds",

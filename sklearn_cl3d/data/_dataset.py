@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 import os
 
@@ -10,6 +11,7 @@ import torch
 from skorch.dataset import get_len
 from skorch.utils import check_indexing, multi_indexing
 
+from ._cache import VolumeCache, preprocessing_fingerprint
 from ._io import (
     SUPPORTED_EXTENSIONS,
     inspect_source,
@@ -132,11 +134,24 @@ class VolumeDataset(torch.utils.data.Dataset):
         Applied to each volume with its affine when it is loaded (see
         :func:`~sklearn_cl3d.data.make_preprocessing`). Array volumes get the
         identity affine (1 mm isotropic voxels, RAS orientation).
-    cache : bool, default=False
-        Keep each volume in memory after its first load (after
+    cache : bool, str or path-like, default=False
+        ``True``: keep each volume in memory after its first load (after
         preprocessing). For cohorts that fit in RAM. With DataLoader workers,
         every worker keeps its own cache (use ``persistent_workers=True`` to
         keep it across epochs).
+        A folder: keep each volume read from a file, decompressed and
+        preprocessed, as a ``.npy`` file in that folder (created if needed),
+        and read it from there afterwards, in this process, in DataLoader
+        workers and in later fits or runs. Files are keyed by the content of
+        the source file and the preprocessing parameters, written atomically
+        (safe with concurrent workers and processes), validated when read
+        (a damaged file is rebuilt, with a
+        :class:`~sklearn_cl3d.data.CacheWarning`) and never evicted: delete
+        the folder to reclaim the space. Arrays and nibabel images in memory
+        are not cached. Preprocessing must be deterministic and described by
+        its parameters. Each file is a standard ``.npy`` file
+        (``numpy.load(path, mmap_mode="r")`` maps it) followed by the key
+        and a checksum of the voxels.
     dtype : numpy floating dtype, default=np.float32
         Dtype of the returned volumes.
     expected_ndim : {3, 4}, default=3
@@ -187,8 +202,13 @@ class VolumeDataset(torch.utils.data.Dataset):
             raise ValueError("dtype must be a numpy floating dtype (e.g. np.float32).")
         self.dtype = dtype
         self.expected_ndim = expected_ndim
-        self.cache = bool(cache)
         self.preprocessing = make_preprocessing(preprocessing)
+        if cache is None or isinstance(cache, bool | np.bool_ | numbers.Integral):
+            self.cache, self._disk = bool(cache), None
+        else:
+            self._disk = VolumeCache(cache)
+            self.cache = self._disk.folder
+            self._fingerprint = preprocessing_fingerprint(self.preprocessing)
         X = expand_paths(X)
         if isinstance(X, list | tuple) and len(X) == 0:
             raise ValueError(f"X is empty (0 volumes); {_X_KINDS}.")
@@ -233,6 +253,24 @@ class VolumeDataset(torch.utils.data.Dataset):
         return self._sample_shape
 
     def _load(self, i):
+        key = None
+        if self._disk is not None and self._from_files and isinstance(self.X[i], str):
+            try:
+                key = self._disk.key(
+                    self.X[i], self._fingerprint, self.dtype, self.expected_ndim
+                )
+            except OSError:  # e.g. the file vanished: reading it says so
+                key = None
+            if key is not None:
+                volume = self._disk.read(key, self.dtype)
+                if volume is not None:
+                    return volume
+        volume = self._decode(i)
+        if key is not None:
+            self._disk.write(key, volume)
+        return volume
+
+    def _decode(self, i):
         if self._from_files:
             volume, affine = load_volume(self.X[i], expected_ndim=self.expected_ndim)
         else:
@@ -292,7 +330,7 @@ class VolumeDataset(torch.utils.data.Dataset):
                 "have the same shape (add CropOrPad or Resample to the "
                 "preprocessing)."
             )
-        if self.cache:
+        if self.cache is True:
             volume.flags.writeable = False  # shared by every later access
             self._cache[i] = volume
         return volume
@@ -319,8 +357,9 @@ def as_volume_dataset(X, y=None, preprocessing=None, cache=False, **kwargs):
         Targets or metadata.
     preprocessing : None, step, list of steps or Pipeline, default=None
         See :func:`~sklearn_cl3d.data.make_preprocessing`.
-    cache : bool, default=False
-        Keep loaded volumes in memory.
+    cache : bool, str or path-like, default=False
+        Keep loaded volumes in memory (True) or in an on-disk cache folder
+        (see :class:`VolumeDataset`).
     **kwargs : dict
         ``dtype`` and ``expected_ndim``, passed to :class:`VolumeDataset`.
 
