@@ -261,3 +261,31 @@ def landmark_locations(landmarks):
             "is all zero (the normalisation would divide by zero)."
         )
     return arr / top * 2 - 1
+
+
+def routing_locations(landmarks):
+    """DrasCLR's routing input as the estimator computes it, in float32.
+
+    ``landmarks / landmarks.max(0) * 2 - 1`` per axis, without the checks of
+    :func:`landmark_locations`: an axis whose maximum is not positive is
+    divided by 1 (an all-zero axis maps to -1).
+
+    Parameters
+    ----------
+    landmarks : ndarray of shape (n_landmarks, 3)
+        Window corners.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_landmarks, 3)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> routing_locations(np.array([[0, 0, 4], [2, 0, 8]])).tolist()
+    [[-1.0, -1.0, 0.0], [1.0, -1.0, 1.0]]
+    """
+    arr = landmarks.astype(np.float64)
+    top = arr.max(axis=0)
+    top[top <= 0] = 1.0
+    return (arr / top * 2 - 1).astype(np.float32)

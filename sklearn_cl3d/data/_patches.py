@@ -61,6 +61,17 @@ def check_affine(affine, name="affine"):
     return arr[:3]
 
 
+def check_affines(affines, n):
+    """Validate one atlas-to-volume matrix per volume (None passes through)."""
+    if affines is None:
+        return None
+    if isinstance(affines, np.ndarray | list | tuple) and len(affines) != n:
+        raise ValueError(
+            f"affines must hold one (4, 4) matrix per volume ({n}); got {len(affines)}."
+        )
+    return [check_affine(a, name=f"affines[{i}]") for i, a in enumerate(affines)]
+
+
 def map_corners(landmarks, affine=None):
     """Window corners in a subject's voxel grid.
 
@@ -240,6 +251,105 @@ class VolumeSource:
         if self._items is not None:
             return self._items[i].volume(0)
         return self._ds.volume(i)
+
+
+def window_patches(source, i, landmarks, patch_size, window, affines, n_channels=None):
+    """Clipped, window-shifted patches (L, C, P, P, P) of volume ``i``.
+
+    The patches of :func:`extract_patches` at ``landmarks`` (through
+    ``affines[i]`` when given, parts outside the volume filled with the
+    window's low end), clipped to ``window = (low, high)`` and shifted by
+    ``low``: DrasCLR's intensities before augmentation.
+
+    Parameters
+    ----------
+    source : VolumeSource
+        The volumes.
+    i : int
+        Index of the volume.
+    landmarks : ndarray of shape (L, 3)
+        Window corners in atlas voxel indices.
+    patch_size : int
+        Edge of the patches.
+    window : tuple of 2 float
+        Intensity window ``(low, high)``.
+    affines : list of ndarray or None
+        Atlas-to-volume maps, one per volume, or None (atlas space).
+    n_channels : int or None, default=None
+        Channels the volume must have (None: any).
+
+    Returns
+    -------
+    ndarray of float32, shape (L, C, P, P, P)
+    """
+    low, high = window
+    volume = source.volume(i)
+    if n_channels is not None and volume.shape[0] != n_channels:
+        raise ValueError(
+            f"{source.name(i)} has {volume.shape[0]} channel(s), but the "
+            f"encoder expects {n_channels}."
+        )
+    if min(volume.shape[1:]) < patch_size:
+        raise ValueError(
+            f"{source.name(i)} of spatial shape {volume.shape[1:]} is smaller "
+            f"than a patch (patch_size={patch_size})."
+        )
+    try:
+        patches = extract_patches(
+            volume,
+            landmarks,
+            patch_size,
+            affine=None if affines is None else affines[i],
+            outside="raise" if affines is None else "fill",
+            fill_value=low,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{source.name(i)}: {exc}") from None
+    np.clip(patches, low, high, out=patches)
+    patches -= low
+    return patches
+
+
+def patch_bank(source, landmarks, patch_size, window, affines, n_channels=None):
+    """Every volume's :func:`window_patches`, landmark-major.
+
+    Parameters
+    ----------
+    source : VolumeSource
+        The volumes, read one by one.
+    landmarks, patch_size, window, affines, n_channels
+        As in :func:`window_patches`.
+
+    Returns
+    -------
+    ndarray of float32, shape (L, n, C, P, P, P)
+        ``bank[j, i]`` is the patch of volume ``i`` at landmark ``j``.
+
+    Raises
+    ------
+    MemoryError
+        With the size of the bank, when it cannot be allocated.
+    """
+    n = len(source)
+    first = window_patches(
+        source, 0, landmarks, patch_size, window, affines, n_channels
+    )
+    shape = (len(landmarks), n, *first.shape[1:])
+    try:
+        bank = np.empty(shape, dtype=np.float32)
+    except MemoryError:
+        nbytes = int(np.prod(shape)) * 4
+        raise MemoryError(
+            f"the patch bank (n_landmarks x n_subjects x C x patch_size**3 "
+            f"float32 = {shape}) needs {nbytes / 1e9:.2f} GB, which could not be "
+            "allocated; use fewer landmarks or subjects."
+        ) from None
+    bank[:, 0] = first
+    for i in range(1, n):
+        bank[:, i] = window_patches(
+            source, i, landmarks, patch_size, window, affines, first.shape[1]
+        )
+    return bank
 
 
 def _ragged(X):

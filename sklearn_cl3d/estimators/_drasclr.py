@@ -6,12 +6,10 @@ from __future__ import annotations
 import copy
 import math
 import os
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from sklearn.utils._param_validation import Interval, StrOptions
 from skorch import NeuralNet
 from skorch.callbacks import LRScheduler
@@ -23,17 +21,23 @@ from ..augment._drasclr import (
     RandomContrast as _RandomContrast,  # noqa: F401
     drasclr_augmentation,
 )
-from ..data import landmark_neighbors, load_volume, make_landmarks
+from ..data._atlas import (  # noqa: F401 (lung_like_mask: its old home)
+    LUNG_THRESHOLD_HU,
+    fit_landmarks,
+    lung_like_mask,
+)
+from ..data._landmarks import routing_locations as _locations
 from ..data._patches import (
     LandmarkPatchDataset,
     LocationMajorBatchSampler,
     VolumeSource,
-    check_affine,
-    check_corners,
-    extract_patches,
+    check_affines,
+    patch_bank,
+    window_patches,
 )
 from ..losses import DrasCLRLoss
 from ..nn import DrasCLRMoCo, DrasCLRNet
+from ..nn._drasclr import freeze_routing
 from ..nn._pooled import LandmarkSetEncoder
 from ._base import BaseContrastivePretrainer
 from ._transfer import LandmarkPatchInput
@@ -41,8 +45,6 @@ from ._transfer import LandmarkPatchInput
 __all__ = ["DrasCLREncoder"]
 
 POOLINGS = ("mean", "max", "none")
-#: Mean intensity (HU) below which a voxel of the mean volume is lung-like.
-LUNG_THRESHOLD_HU = -400.0
 _REP_DIM = 128
 
 # base-class parameters that have no meaning here (fixed network, own views)
@@ -56,64 +58,6 @@ _UNUSED_BASE_PARAMS = (
     "gather_distributed",
     "sync_batchnorm",
 )
-
-
-# ---------------------------------------------------------------- landmarks
-
-
-def _planar_structure(axis):
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    index = [slice(None)] * 3
-    index[axis] = 1
-    structure[tuple(index)] = ndi.generate_binary_structure(2, 1)
-    return structure
-
-
-def lung_like_mask(mean_volume, threshold=LUNG_THRESHOLD_HU):
-    """Voxels below ``threshold`` HU that are enclosed by tissue in some slice.
-
-    The body is ``mean_volume >= threshold``. A low-attenuation voxel is kept
-    when it is a hole of the body in a 2-D slice along at least one axis, so
-    the air around the body is dropped while lungs cut by the field of view
-    (open at the top or bottom) are kept.
-    """
-    low = mean_volume < threshold
-    enclosed = np.zeros(low.shape, dtype=bool)
-    for axis in range(3):
-        enclosed |= ndi.binary_fill_holes(~low, structure=_planar_structure(axis))
-    return low & enclosed
-
-
-def _locations(landmarks):
-    """``landmarks / max * 2 - 1`` per axis (an all-zero axis maps to -1)."""
-    arr = landmarks.astype(np.float64)
-    top = arr.max(axis=0)
-    top[top <= 0] = 1.0
-    return (arr / top * 2 - 1).astype(np.float32)
-
-
-def _check_affines(affines, n):
-    if affines is None:
-        return None
-    if isinstance(affines, np.ndarray | list | tuple) and len(affines) != n:
-        raise ValueError(
-            f"affines must hold one (4, 4) matrix per volume ({n}); got {len(affines)}."
-        )
-    return [check_affine(a, name=f"affines[{i}]") for i, a in enumerate(affines)]
-
-
-def _load_mask(mask):
-    if isinstance(mask, str | os.PathLike):
-        mask, _ = load_volume(mask)
-    mask = np.asarray(mask)
-    if mask.ndim == 4 and mask.shape[0] == 1:
-        mask = mask[0]
-    if mask.ndim != 3:
-        raise ValueError(
-            f"atlas_mask must be a 3-D array (D, H, W) or a path; got shape "
-            f"{mask.shape}."
-        )
-    return mask
 
 
 # ---------------------------------------------------------------- estimator
@@ -507,12 +451,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
         if not self.conditioning:
-            for module in self.module_.modules():
-                routing = getattr(module, "routing", None)
-                if isinstance(routing, torch.nn.Linear):
-                    with torch.no_grad():
-                        routing.weight.zero_()
-                    routing.weight.requires_grad_(False)
+            freeze_routing(self.module_)
         fmt = self._memory_format(5)
         if fmt is not torch.contiguous_format:
             self.module_ = self.module_.to(memory_format=fmt)
@@ -527,116 +466,11 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         self.__dict__["_affines"] = fit_params.pop("affines", None)
         return None
 
-    def _fit_landmarks(self, source, affines):
-        """Landmarks, neighbours, locations and atlas grid for this fit."""
-        atlas_shape = None
-        mask = None
-        if self.atlas_mask is not None:
-            mask = _load_mask(self.atlas_mask)
-            atlas_shape = tuple(int(s) for s in mask.shape)
-        if self.landmarks is not None:
-            landmarks = check_corners(self.landmarks)
-        else:
-            if mask is None:
-                if affines is not None:
-                    raise ValueError(
-                        "with affines the volumes are not in atlas space, so the "
-                        "landmarks cannot be derived from their mean: pass "
-                        "atlas_mask= (the atlas region mask) or landmarks=."
-                    )
-                mask = lung_like_mask(self._mean_volume(source))
-                atlas_shape = tuple(int(s) for s in mask.shape)
-                if not mask.any():
-                    warnings.warn(
-                        "no lung-like region (mean below -400 HU, enclosed by "
-                        "tissue) in the mean volume; landmarks are taken over the "
-                        "whole grid. Pass atlas_mask= or landmarks= to choose them.",
-                        UserWarning,
-                        stacklevel=4,
-                    )
-                    mask = np.ones(mask.shape, dtype=bool)
-            try:
-                landmarks = make_landmarks(
-                    mask,
-                    patch_size=self.patch_size,
-                    stride=self.landmark_stride,
-                    min_fraction=self.landmark_min_fraction,
-                )
-            except ValueError as exc:
-                raise ValueError(
-                    f"cannot place landmarks of patch_size={self.patch_size} in the "
-                    f"atlas grid of shape {mask.shape}: {exc}"
-                ) from None
-        n = len(landmarks)
-        if n == 0:
-            raise ValueError(
-                "no landmark: no window of patch_size="
-                f"{self.patch_size} on the landmark_stride={self.landmark_stride} "
-                f"grid has more than landmark_min_fraction="
-                f"{self.landmark_min_fraction} of its voxels in the mask (or "
-                "landmarks= is empty). Pass landmarks= or a smaller patch_size."
-            )
-        if atlas_shape is not None:
-            over = (landmarks + self.patch_size > np.asarray(atlas_shape)).any(axis=1)
-            if over.any():
-                j = int(np.flatnonzero(over)[0])
-                raise ValueError(
-                    f"landmark {j} at corner {landmarks[j].tolist()}: its window of "
-                    f"patch_size={self.patch_size} lies outside the atlas grid of "
-                    f"shape {atlas_shape}."
-                )
-        if self.n_neighbors >= n:
-            raise ValueError(
-                f"n_neighbors={self.n_neighbors} must be smaller than the number of "
-                f"landmarks ({n})."
-            )
-        neighbors = landmark_neighbors(landmarks, k=self.n_neighbors)
-        return landmarks, neighbors, atlas_shape
-
-    def _mean_volume(self, source):
-        total = None
-        for i in range(len(source)):
-            volume = source.volume(i)
-            if total is None:
-                total = np.zeros(volume.shape[1:], dtype=np.float64)
-                first = volume.shape
-            elif volume.shape != first:
-                raise ValueError(
-                    f"{source.name(i)} has shape {volume.shape} but {source.name(0)} "
-                    f"has {first}: volumes in atlas space share one grid. Register "
-                    "them, or pass affines= with atlas_mask= or landmarks=."
-                )
-            total += volume.mean(axis=0)
-        return total / len(source)
-
     def _subject_patches(self, source, i, landmarks, affines, n_channels=None):
         """Clipped, window-shifted patches (L, C, P, P, P) of volume ``i``."""
-        low, high = self._window()
-        volume = source.volume(i)
-        if n_channels is not None and volume.shape[0] != n_channels:
-            raise ValueError(
-                f"{source.name(i)} has {volume.shape[0]} channel(s), but the "
-                f"encoder expects {n_channels}."
-            )
-        if min(volume.shape[1:]) < self.patch_size:
-            raise ValueError(
-                f"{source.name(i)} of spatial shape {volume.shape[1:]} is smaller "
-                f"than a patch (patch_size={self.patch_size})."
-            )
-        try:
-            patches = extract_patches(
-                volume,
-                landmarks,
-                self.patch_size,
-                affine=None if affines is None else affines[i],
-                outside="raise" if affines is None else "fill",
-                fill_value=low,
-            )
-        except ValueError as exc:
-            raise ValueError(f"{source.name(i)}: {exc}") from None
-        np.clip(patches, low, high, out=patches)
-        patches -= low
-        return patches
+        return window_patches(
+            source, i, landmarks, self.patch_size, self._window(), affines, n_channels
+        )
 
     def _as_dataset(self, X, y, *, reset):
         source = VolumeSource(X, preprocessing=self.preprocessing)
@@ -646,36 +480,33 @@ class DrasCLREncoder(BaseContrastivePretrainer):
                 f"{type(self).__name__} needs at least 2 volumes (BatchNorm and the "
                 f"contrast are over subjects); got {n}."
             )
-        affines = _check_affines(self.__dict__.get("_affines"), n)
+        affines = check_affines(self.__dict__.get("_affines"), n)
         if reset:
-            landmarks, neighbors, atlas_shape = self._fit_landmarks(source, affines)
+            landmarks, neighbors, atlas_shape = fit_landmarks(
+                source,
+                affines,
+                landmarks=self.landmarks,
+                atlas_mask=self.atlas_mask,
+                patch_size=self.patch_size,
+                stride=self.landmark_stride,
+                min_fraction=self.landmark_min_fraction,
+                n_neighbors=self.n_neighbors,
+                stacklevel=4,
+            )
             n_channels = None
         else:
             landmarks, neighbors = self.landmarks_, self.neighbors_
             n_channels = self.input_shape_[0]
-        first = self._subject_patches(source, 0, landmarks, affines, n_channels)
-        shape = (len(landmarks), n, *first.shape[1:])
-        try:
-            bank = np.empty(shape, dtype=np.float32)
-        except MemoryError:
-            nbytes = int(np.prod(shape)) * 4
-            raise MemoryError(
-                f"the patch bank (n_landmarks x n_subjects x C x patch_size**3 "
-                f"float32 = {shape}) needs {nbytes / 1e9:.2f} GB, which could not be "
-                "allocated; use fewer landmarks or subjects."
-            ) from None
-        bank[:, 0] = first
-        for i in range(1, n):
-            bank[:, i] = self._subject_patches(
-                source, i, landmarks, affines, first.shape[1]
-            )
+        bank = patch_bank(
+            source, landmarks, self.patch_size, self._window(), affines, n_channels
+        )
         if reset:
             self.landmarks_ = landmarks
             self.neighbors_ = neighbors
             self.locations_ = _locations(landmarks)
             self.n_landmarks_ = len(landmarks)
             self.atlas_shape_ = atlas_shape
-            self.input_shape_ = tuple(int(s) for s in first.shape[1:])
+            self.input_shape_ = tuple(int(s) for s in bank.shape[2:])
             if hasattr(self, "n_features_in_"):
                 del self.n_features_in_
         return LandmarkPatchDataset(bank, neighbors)
@@ -855,12 +686,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
             }
             net = DrasCLRNet(**kwargs)
             if not self.conditioning:
-                for module in net.modules():
-                    routing = getattr(module, "routing", None)
-                    if isinstance(routing, torch.nn.Linear):
-                        with torch.no_grad():
-                            routing.weight.zero_()
-                        routing.weight.requires_grad_(False)
+                freeze_routing(net)
         del net.head  # the MoCo head plays no part in the representation
         if pooling == "auto":
             pooling = "max" if self.pooling == "max" else "mean"
@@ -889,7 +715,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         self.check_is_fitted()
         source = VolumeSource(X, preprocessing=self.preprocessing)
         n = len(source)
-        affines = _check_affines(affines, n)
+        affines = check_affines(affines, n)
         landmark_index = np.arange(self.n_landmarks_)
         out = np.empty((n, self.n_landmarks_, _REP_DIM), dtype=np.float32)
         with self._on_device():

@@ -230,6 +230,42 @@ def queue_nbytes(n_landmarks, queue_size, dim=128, itemsize=4):
     return int(dim) * int(queue_size) * int(n_landmarks) * int(itemsize)
 
 
+def freeze_routing(module):
+    """Zero and freeze every routing matrix of ``module``: constant gates.
+
+    The expert kernels are then mixed by ``sigmoid(c)``, the same for every
+    location: DrasCLR's network without anatomy conditioning (the ablation
+    baseline), with the same parameters and training otherwise.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A :class:`DrasCLRNet`, a :class:`DrasCLRMoCo` or any module holding
+        them; every sub-module with a ``routing`` Linear layer is changed.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The same module, changed in place.
+
+    Examples
+    --------
+    >>> from sklearn_cl3d.nn import DrasCLRNet
+    >>> from sklearn_cl3d.nn._drasclr import freeze_routing
+    >>> net = freeze_routing(DrasCLRNet(n_experts=2))
+    >>> routing = net.layers[0].conv.routing.weight
+    >>> bool(routing.eq(0).all()), routing.requires_grad
+    (True, False)
+    """
+    for sub in module.modules():
+        routing = getattr(sub, "routing", None)
+        if isinstance(routing, nn.Linear):
+            with torch.no_grad():
+                routing.weight.zero_()
+            routing.weight.requires_grad_(False)
+    return module
+
+
 def _check_momentum(momentum):
     if isinstance(momentum, bool) or not isinstance(momentum, Real):
         raise TypeError(f"momentum must be a float in [0, 1]; got {momentum!r}.")
