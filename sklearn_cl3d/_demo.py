@@ -202,6 +202,26 @@ def _pretrain(name, make, seeds, X, age, log, fit_seconds):
     return fitted
 
 
+def _network_makers(common, max_epochs, sigma=5.0):
+    """``{name: make(seed)}`` for the random network, SimCLR and y-Aware.
+
+    ``common`` holds the shared estimator parameters (architecture,
+    optimiser, device, verbose); the random network is SimCLR with no epoch.
+    Shared with :func:`sklearn_cl3d.evaluation.benchmark`.
+    """
+    from .estimators import SimCLRPretrainer, YAwarePretrainer
+
+    return {
+        RANDOM: lambda s: SimCLRPretrainer(max_epochs=0, random_state=s, **common),
+        SIMCLR: lambda s: SimCLRPretrainer(
+            max_epochs=max_epochs, random_state=s, **common
+        ),
+        YAWARE: lambda s: YAwarePretrainer(
+            sigma=sigma, max_epochs=max_epochs, random_state=s, **common
+        ),
+    }
+
+
 def _fmt_ci(row):
     return (
         f"{row['mean_difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
@@ -286,7 +306,6 @@ def run_demo(
     """
     from .baselines import VoxelPCA, VoxelProxyRegression
     from .datasets import make_brain_cohort
-    from .estimators import SimCLRPretrainer, YAwarePretrainer
     from .evaluation import label_efficiency, paired_differences, summarize
 
     if preset not in PRESETS:
@@ -336,28 +355,12 @@ def run_demo(
         min(200, n_unlabelled), random_state=random_state
     ).fit(X_pre, age_pre)
     fit_seconds["baselines"] = [time.perf_counter() - t]
-    methods = {
-        AGE: None,
-        PCA: pca,
-        BRAIN_AGE: brain_age,
-        RANDOM: _pretrain(
-            RANDOM,
-            lambda s: SimCLRPretrainer(max_epochs=0, random_state=s, **common),
-            seeds, X_pre, age_pre, log, fit_seconds,
-        ),
-        SIMCLR: _pretrain(
-            SIMCLR,
-            lambda s: SimCLRPretrainer(max_epochs=max_epochs, random_state=s, **common),
-            seeds, X_pre, age_pre, log, fit_seconds,
-        ),
-        YAWARE: _pretrain(
-            YAWARE,
-            lambda s: YAwarePretrainer(
-                sigma=5.0, max_epochs=max_epochs, random_state=s, **common
-            ),
-            seeds, X_pre, age_pre, log, fit_seconds,
-        ),
-    }  # fmt: skip
+    makers = _network_makers(common, max_epochs, sigma=5.0)
+    methods = {AGE: None, PCA: pca, BRAIN_AGE: brain_age}
+    for name in (RANDOM, SIMCLR, YAWARE):
+        methods[name] = _pretrain(
+            name, makers[name], seeds, X_pre, age_pre, log, fit_seconds
+        )
 
     # the diagnosis is brain age relative to age: every probe gets age too,
     # and "age only" gets age alone
@@ -441,9 +444,7 @@ def run_demo(
         "fit_seconds": fit_seconds,
         "seconds": seconds,
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    tmp.replace(out / "results.json")
+    _write_json(out / "results.json", payload)
     _plot(scores, out / "auc_vs_labels.png", log)
     log(f"Wrote {out / 'results.json'}; {seconds:.0f} s in total.")
     return {
@@ -462,7 +463,15 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _plot(scores, path, log):
+def _write_json(path, payload):
+    """Write ``payload`` to ``path`` atomically (a temporary file, then a swap)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _plot(scores, path, log, ylabel="ROC-AUC (logistic probe)", chance=0.5):
     try:
         import matplotlib
 
@@ -474,8 +483,9 @@ def _plot(scores, path, log):
     from .evaluation import plot_label_efficiency
 
     fig, ax = plt.subplots(figsize=(6.6, 3.6))
-    plot_label_efficiency(scores, ax=ax, ylabel="ROC-AUC (logistic probe)")
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    plot_label_efficiency(scores, ax=ax, ylabel=ylabel)
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=0.8, ls="--")
     ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
