@@ -4,7 +4,9 @@
   pretraining stages, TensorFlow's ``random_brightness`` then
   ``random_contrast`` then a clip;
 - :class:`RandomCropResize`: the random fixed-size crop, resized back to full
-  size, of the global stage (100x100 crops of 192x192 slices by default).
+  size, of the global stage (100x100 crops of 192x192 slices by default);
+- :func:`globallocal_views`: the views of each stage from the estimator's
+  ``augmentation`` parameters.
 
 Both follow the conventions of :mod:`sklearn_cl3d.augment`: batched,
 parameters drawn per sample on the input's device from an optional
@@ -20,9 +22,9 @@ import torch
 from torch import Tensor
 
 from ._affine import _check_pair, _check_planar
-from ._transforms import _check_scalar, _compute_dtype, _is_real, _RandomOp
+from ._transforms import Compose, _check_scalar, _compute_dtype, _is_real, _RandomOp
 
-__all__ = ["RandomBrightnessContrast", "RandomCropResize"]
+__all__ = ["RandomBrightnessContrast", "RandomCropResize", "globallocal_views"]
 
 
 def _check_bool(value, name: str) -> bool:
@@ -358,3 +360,44 @@ class RandomCropResize(_RandomOp):
         out = _gather_lerp(flat, 2, start[:, 0], _linear_taps(rows, height, x.device))
         out = _gather_lerp(out, 3, start[:, 1], _linear_taps(cols, width, x.device))
         return out.reshape(x.shape).to(x.dtype)
+
+
+def _intensity(official):
+    if official:
+        return RandomBrightnessContrast(per_image=False, tied=True)
+    return RandomBrightnessContrast()
+
+
+def globallocal_views(spec, stage, official_intensity):
+    """The augmentation of a global-local stage from its parameter value.
+
+    Parameters
+    ----------
+    spec : str, callable or None
+        The estimator's ``augmentation`` (global stage, ``"crop_intensity"``)
+        or ``local_augmentation`` (local stage, ``"intensity"``). A callable
+        or None is returned unchanged.
+    stage : {"global", "local"}
+        The stage: the global views crop (100 of 192 pixels, resized back)
+        before the intensity change; the local views change intensities only.
+    official_intensity : bool
+        Draw the brightness and contrast once per call for the whole batch
+        (the official code) instead of once per image.
+
+    Returns
+    -------
+    callable or None
+        ``f(x, generator=None)``, or None for no augmentation.
+
+    Examples
+    --------
+    >>> from sklearn_cl3d.augment._intensity import globallocal_views
+    >>> type(globallocal_views("intensity", "local", False)).__name__
+    'RandomBrightnessContrast'
+    """
+    if spec is None or callable(spec):
+        return spec
+    if stage == "global":
+        crop = RandomCropResize(size=100 / 192, low=10 / 192, high=69 / 192)
+        return Compose([crop, _intensity(official_intensity)])
+    return _intensity(official_intensity)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -15,9 +15,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
-from torch import nn
 
-from ..augment import Compose, RandomBrightnessContrast, RandomCropResize
+from ..augment._intensity import globallocal_views
 from ..data import (
     PartitionBatchSampler,
     PartitionSliceDataset,
@@ -28,6 +27,7 @@ from ..data import (
     is_volume_collection,
     make_preprocessing,
 )
+from ..data._percentile import PercentileScaling
 from ..losses import (
     GLOBAL_STRATEGIES,
     LOCAL_STRATEGIES,
@@ -36,7 +36,8 @@ from ..losses import (
     LocalContrastiveLoss,
     local_region_positions,
 )
-from ..nn import GlobalHead, LocalHead, UNet
+from ..nn import UNet
+from ..nn._globallocal import GlobalLocalNet
 from ..nn._pooled import SliceSetEncoder, UNetEncoder
 from ._base import BaseContrastivePretrainer
 from ._skorch import draw_base_seed
@@ -57,208 +58,7 @@ _GLOBAL_VIEWS = {"GR": (False, 2), "GD-": (True, 2), "GD": (True, 1)}
 _UNUSED_BASE_PARAMS = ("backbone", "gather_distributed", "sync_batchnorm")
 
 
-# ---------------------------------------------------------- preprocessing
-
-
-class PercentileScaling:
-    """Min-max scale each channel of a volume with its percentiles.
-
-    ``x -> (x - p_low) / (p_high - p_low)`` with the percentiles taken over
-    the whole 3-D volume, per channel: the official preprocessing of
-    global-local pretraining (1st and 99th percentiles), after which values
-    may fall slightly outside [0, 1]. A constant channel becomes 0. It is a
-    preprocessing step (``apply(volume, affine) -> (volume, affine)``) for
-    :class:`~sklearn_cl3d.data.VolumeDataset`.
-
-    The scaling is computed in float64. Values are not clipped, so a voxel
-    far outside the percentile range (a corrupt value such as 3e38) would
-    reach the network as it is and give meaningless features: a scaled value
-    larger than ``max_abs`` in magnitude is refused with a
-    :class:`ValueError`.
-
-    Parameters
-    ----------
-    lower, upper : float, default=1.0, 99.0
-        Percentiles mapped to 0 and 1, ``0 <= lower < upper <= 100``.
-    max_abs : float, default=1e6
-        Largest magnitude a scaled value may have: a voxel a million times
-        the percentile range away from it is taken as corrupt.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> vol = np.arange(101, dtype="float32").reshape(1, 1, 1, 101)
-    >>> out, _ = PercentileScaling().apply(vol)
-    >>> round(float(out.min()), 4), round(float(out.max()), 4)
-    (-0.0102, 1.0102)
-    """
-
-    def __init__(self, lower=1.0, upper=99.0, max_abs=1e6):
-        if not (0.0 <= lower < upper <= 100.0):
-            raise ValueError(
-                "PercentileScaling needs 0 <= lower < upper <= 100; got "
-                f"lower={lower!r}, upper={upper!r}."
-            )
-        if not (isinstance(max_abs, Real) and 0 < max_abs < np.inf):
-            raise ValueError(
-                f"PercentileScaling needs a finite max_abs > 0; got {max_abs!r}."
-            )
-        self.lower = float(lower)
-        self.upper = float(upper)
-        self.max_abs = float(max_abs)
-
-    def __repr__(self):
-        return (
-            f"PercentileScaling(lower={self.lower}, upper={self.upper}, "
-            f"max_abs={self.max_abs:g})"
-        )
-
-    def apply(self, volume, affine=None):
-        """Scale one volume ``(C, D, H, W)`` or ``(D, H, W)``; keep the affine.
-
-        Raises
-        ------
-        ValueError
-            If the volume holds NaN or infinity, or a scaled value is larger
-            than ``max_abs`` in magnitude.
-        """
-        v = np.asarray(volume, dtype=np.float64)
-        if not np.isfinite(v).all():
-            raise ValueError("the volume contains NaN or infinity.")
-        axes = tuple(range(v.ndim - 3, v.ndim))
-        lo, hi = np.percentile(v, [self.lower, self.upper], axis=axes, keepdims=True)
-        scale = np.where(hi > lo, hi - lo, 1.0)
-        out = (v - lo) / scale
-        peak = float(np.abs(out).max()) if out.size else 0.0
-        if peak > self.max_abs:
-            raise ValueError(
-                f"after percentile scaling (percentiles {self.lower:g}-"
-                f"{self.upper:g}), a voxel is {peak:.3g} in magnitude, more than "
-                f"max_abs={self.max_abs:g}: the volume holds extreme values "
-                f"(from {v.min():.3g} to {v.max():.3g}, corrupt voxels?). Clip "
-                "the intensities first (e.g. HUWindow for CT) or fix the file."
-            )
-        return out.astype(np.float32), affine
-
-
-# ------------------------------------------------------------------ network
-
-
-class GlobalLocalNet(nn.Module):
-    """The U-Net and both projection heads of global-local pretraining.
-
-    Parameters
-    ----------
-    dims : {2, 3}, default=2
-    in_channels : int, default=1
-    channels : sequence of int, default=(16, 32, 64, 128, 128, 128)
-        Encoder levels of the :class:`~sklearn_cl3d.nn.UNet`.
-    input_size : sequence of int, default=(192, 192)
-        Spatial size of the network input (fixes the flattened size the
-        global head takes).
-    hidden_dim, out_dim : int, default=1024, 128
-        Sizes of the global head :class:`~sklearn_cl3d.nn.GlobalHead`.
-    n_decoder_blocks : int, default=3
-        Decoder blocks ``l`` whose output feeds the local head
-        :class:`~sklearn_cl3d.nn.LocalHead`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> net = GlobalLocalNet(channels=(4, 8, 8), input_size=(16, 16),
-    ...                      hidden_dim=8, out_dim=4, n_decoder_blocks=1)
-    >>> x = torch.zeros(2, 1, 16, 16)
-    >>> net(x, mode="global").shape, net(x, mode="local").shape
-    (torch.Size([2, 4]), torch.Size([2, 8, 8, 8]))
-    >>> net.features(x, "backbone").shape
-    torch.Size([2, 8])
-    """
-
-    def __init__(
-        self,
-        dims=2,
-        in_channels=1,
-        channels=(16, 32, 64, 128, 128, 128),
-        input_size=(192, 192),
-        hidden_dim=1024,
-        out_dim=128,
-        n_decoder_blocks=3,
-    ):
-        super().__init__()
-        self.unet = UNet(dims=dims, in_channels=in_channels, channels=channels)
-        n_blocks = len(self.unet.decoder_blocks)
-        if not (isinstance(n_decoder_blocks, Integral) and 1 <= n_decoder_blocks):
-            raise ValueError(
-                f"n_decoder_blocks must be an int >= 1; got {n_decoder_blocks!r}."
-            )
-        if n_decoder_blocks > n_blocks:
-            raise ValueError(
-                f"n_decoder_blocks={n_decoder_blocks} exceeds the {n_blocks} decoder "
-                f"blocks of a U-Net with {len(self.unet.channels)} encoder levels."
-            )
-        self.n_decoder_blocks = int(n_decoder_blocks)
-        encoded = self.unet.encoded_shape(input_size)
-        self.global_head = GlobalHead(
-            int(np.prod(encoded)), hidden_dim=hidden_dim, out_dim=out_dim
-        )
-        self.local_head = LocalHead(
-            self.unet.decoder_channels[self.n_decoder_blocks - 1], dims=dims
-        )
-
-    def forward(self, x, mode="global"):
-        """``"global"``: g1(encoder(x)); ``"local"``: g2(decoder block l)."""
-        if mode == "global":
-            return self.global_head(self.unet.encode(x))
-        if mode == "local":
-            return self.local_head(self.unet.decode(x, self.n_decoder_blocks))
-        raise ValueError(f"mode must be 'global' or 'local'; got {mode!r}.")
-
-    def feature_dim(self, layer):
-        """Size of the features :meth:`features` returns for ``layer``."""
-        head = self.global_head
-        return {
-            "backbone": self.unet.channels[-1],
-            "flat": head.in_features,
-            "hidden": head.hidden_dim,
-            "projection": head.out_dim,
-        }[layer]
-
-    def features(self, x, layer="backbone"):
-        """Global encoder features of a batch.
-
-        ``"backbone"``: the level-L encoder map averaged over space;
-        ``"flat"``: that map flattened (the input of g1); ``"hidden"``: g1's
-        hidden layer before its ReLU; ``"projection"``: g1's output.
-        """
-        h = self.unet.encode(x)
-        if layer == "backbone":
-            return h.mean(dim=tuple(range(2, h.ndim)))
-        if layer == "flat":
-            return h.flatten(1)
-        _, first, relu, second = self.global_head.net
-        hidden = first(h.flatten(1))
-        if layer == "hidden":
-            return hidden
-        return second(relu(hidden))
-
-
 # --------------------------------------------------------------- estimator
-
-
-def _intensity(official):
-    if official:
-        return RandomBrightnessContrast(per_image=False, tied=True)
-    return RandomBrightnessContrast()
-
-
-def _build_views(spec, kind, official_intensity):
-    """The augmentation of a stage from its parameter value."""
-    if spec is None or callable(spec):
-        return spec
-    if kind == "global":
-        crop = RandomCropResize(size=100 / 192, low=10 / 192, high=69 / 192)
-        return Compose([crop, _intensity(official_intensity)])
-    return _intensity(official_intensity)
 
 
 class GlobalLocalPretrainer(BaseContrastivePretrainer):
@@ -725,10 +525,10 @@ default="backbone"
 
     def initialize(self):
         NeuralNet.initialize(self)
-        self.augment_ = _build_views(
+        self.augment_ = globallocal_views(
             self.augmentation, "global", self.official_intensity
         )
-        self.local_augment_ = _build_views(
+        self.local_augment_ = globallocal_views(
             self.local_augmentation, "local", self.official_intensity
         )
         self.normalizer_ = None  # the scaling is done per volume on loading

@@ -20,7 +20,8 @@ location-routed expert convolution.
 head), and :class:`DrasCLRMoCo` adds the momentum encoder and the
 per-landmark queues. :class:`UNet`, with its heads
 :class:`GlobalHead` and :class:`LocalHead`, is the segmentation network of
-global-local contrastive pretraining.
+global-local contrastive pretraining, and :class:`GlobalLocalNet` holds the
+three.
 :class:`SliceSetEncoder` (with :class:`UNetEncoder`) and
 :class:`LandmarkSetEncoder` encode the slices or landmark patches of a volume
 and pool them (:class:`ItemPooling`) into one vector per volume: the
@@ -34,6 +35,7 @@ from ._2d import ResNet2D, TinyNet2D, resnet18_2d
 from ._condconv import CondConv3d
 from ._densenet import DenseNet3D, densenet121
 from ._drasclr import DrasCLRMoCo, DrasCLRNet, queue_nbytes
+from ._globallocal import GlobalLocalNet
 from ._heads import LAYERS, ContrastiveModel, ProjectionHead
 from ._pooled import (
     ITEM_POOLINGS,
@@ -55,6 +57,7 @@ __all__ = [
     "DrasCLRMoCo",
     "DrasCLRNet",
     "GlobalHead",
+    "GlobalLocalNet",
     "ITEM_POOLINGS",
     "ItemPooling",
     "LandmarkSetEncoder",
