@@ -806,12 +806,12 @@ def benchmark(
         "labelled": int(labelled.size),
         "pretraining": int(len(pre)),
         "pretrain_on": "all" if use_all else "unlabelled",
+        # the images and the columns used, whichever methods run
         "digest": _digest(
             [os.path.basename(p) for p in X_lab],
             y.tolist(),
             [os.path.basename(p) for p in X_pre],
-            None if z is None else z.tolist(),
-            None if cov is None else cov.tolist(),
+            meta[[*(proxy or ()), *covariates]].astype(str).to_numpy().tolist(),
         ),
     }
     old_subjects = None
