@@ -380,3 +380,82 @@ def test_missing_source_still_names_the_file(tmp_path):
     os.remove(paths[1])
     with pytest.raises(FileNotFoundError, match="sub-1"):
         ds.volume(1)
+
+
+# ------------------------------------------------- estimators and loaders
+
+TINY = dict(
+    backbone="small3d",
+    backbone__channels=(4, 8),
+    hidden_dim=8,
+    projection_dim=4,
+    batch_size=4,
+    max_epochs=2,
+    random_state=0,
+    verbose=0,
+)
+
+
+def test_estimator_cache_folder_gives_the_same_fit(tmp_path):
+    from sklearn_cl3d import YAwarePretrainer
+
+    paths = [_nifti(tmp_path / f"s{i}.nii.gz", i, (8, 9, 8)) for i in range(8)]
+    age = np.linspace(20, 80, 8)
+    prep = [CropOrPad(8)]
+    plain = YAwarePretrainer(**TINY, preprocessing=prep).fit(paths, age)
+    cache = tmp_path / "cache"
+    cached = YAwarePretrainer(**TINY, preprocessing=prep, cache=str(cache))
+    cached.fit(paths, age)
+    assert len(_cache_files(cache)) == 8
+    np.testing.assert_array_equal(plain.transform(paths), cached.transform(paths))
+    again = YAwarePretrainer(**TINY, preprocessing=prep, cache=cache).fit(paths, age)
+    np.testing.assert_array_equal(plain.transform(paths), again.transform(paths))
+    with pytest.raises(ValueError, match="cache"):
+        YAwarePretrainer(**TINY, cache=3.5).fit(paths, age)
+
+
+def test_loader_defaults(tmp_path, monkeypatch):
+    from sklearn_cl3d.data import SliceDataset, _loading
+
+    paths = _paths(tmp_path, 2)
+    files = VolumeDataset(paths)
+    disk = VolumeDataset(paths, cache=tmp_path / "c")
+    memory = VolumeDataset(paths, cache=True)
+    arrays = VolumeDataset(np.zeros((2, 4, 4, 4)))
+    defaults = _loading.loader_defaults
+    monkeypatch.setattr(_loading, "_usable_cores", lambda: 16)
+    monkeypatch.setattr(
+        _loading.multiprocessing, "get_start_method", lambda **_: "fork"
+    )
+    # the CPU: nothing added, whatever the data
+    for ds in (files, arrays):
+        assert defaults({}, ds, "cpu") == {}
+        assert defaults({}, ds, None) == {}
+    # CUDA: pinned memory; workers for data read from files only
+    assert defaults({}, arrays, "cuda") == {"pin_memory": True}
+    assert defaults({}, memory, "cuda") == {"pin_memory": True}
+    assert defaults({}, files, "cuda:0") == {"pin_memory": True, "num_workers": 8}
+    assert defaults({}, disk, "cuda")["num_workers"] == 8
+    slices = SliceDataset(files)
+    assert defaults({}, slices, "cuda")["num_workers"] == 8
+    subset = __import__("torch").utils.data.Subset(slices, [0, 1])
+    assert defaults({}, subset, "cuda")["num_workers"] == 8
+    # the user's settings win
+    given = {"num_workers": 0, "pin_memory": False}
+    assert defaults(dict(given), files, "cuda") == given
+    monkeypatch.setattr(_loading, "_usable_cores", lambda: 1)
+    assert defaults({}, files, "cuda") == {"pin_memory": True}
+    monkeypatch.setattr(
+        _loading.multiprocessing, "get_start_method", lambda **_: "spawn"
+    )
+    monkeypatch.setattr(_loading, "_usable_cores", lambda: 16)
+    assert _loading.default_workers() == 0
+
+
+def test_estimator_iterator_on_cpu_is_unchanged(tmp_path):
+    from sklearn_cl3d import SimCLRPretrainer
+
+    paths = _paths(tmp_path, 4)
+    est = SimCLRPretrainer(**TINY, device="cpu")
+    loader = est.get_iterator(VolumeDataset(paths), training=True)
+    assert loader.num_workers == 0 and not loader.pin_memory

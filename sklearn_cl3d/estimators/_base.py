@@ -8,6 +8,7 @@ module only says which criterion to build and which metadata it consumes.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from contextlib import nullcontext
 from numbers import Integral, Real
@@ -35,6 +36,7 @@ from ..data import (
     expand_paths,
     is_volume_collection,
 )
+from ..data._loading import loader_defaults
 from ..nn import BACKBONES, ContrastiveModel, ProjectionHead, build_backbone
 from ._device import (
     MEMORY_FORMATS,
@@ -95,7 +97,7 @@ class BaseContrastivePretrainer(
         "feature_layer": [StrOptions(set(FEATURE_LAYERS))],
         "augmentation": [StrOptions(set(AUGMENTATION_PRESETS)), callable, None],
         "normalize": [StrOptions({"zscore"}), None],
-        "cache": ["boolean"],
+        "cache": ["boolean", str, os.PathLike],
         "temperature": [Interval(Real, 0, None, closed="neither")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -345,8 +347,7 @@ class BaseContrastivePretrainer(
             kwargs.setdefault("shuffle", True)
             # constant negatives per step, but never drop the only batch
             kwargs.setdefault("drop_last", len(dataset) > kwargs["batch_size"])
-        if self.device is not None and torch.device(self.device).type == "cuda":
-            kwargs.setdefault("pin_memory", True)
+        loader_defaults(kwargs, dataset, self.device)
         iterator = self.iterator_train if training else self.iterator_valid
         return iterator(dataset, **kwargs)
 

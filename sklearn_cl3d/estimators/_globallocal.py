@@ -27,6 +27,7 @@ from ..data import (
     is_volume_collection,
     make_preprocessing,
 )
+from ..data._loading import loader_defaults
 from ..data._percentile import PercentileScaling
 from ..losses import (
     GLOBAL_STRATEGIES,
@@ -659,8 +660,7 @@ default="backbone"
             volumes_per_batch=m,
             n_batches=steps,
         )
-        if self.device is not None and torch.device(self.device).type == "cuda":
-            kwargs.setdefault("pin_memory", True)
+        loader_defaults(kwargs, dataset, self.device)
         return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
 
     def _prepare(self, x):

@@ -49,7 +49,7 @@ class ScaledVolumeInput:
         return as_volume_dataset(
             ds.X,
             preprocessing=[*steps, *self.steps],
-            cache=bool(estimator.cache or ds.cache),
+            cache=estimator.cache or ds.cache,
             dtype=ds.dtype,
             expected_ndim=ds.expected_ndim,
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
 from skorch.callbacks import LRScheduler
@@ -14,6 +13,7 @@ from skorch.dataset import Dataset
 from skorch.utils import to_tensor
 
 from ..data import VolumeDataset, check_volumes
+from ..data._loading import loader_defaults
 from ..data._slices import (
     BalancedVolumeBatchSampler,
     SliceDataset,
@@ -454,8 +454,7 @@ default="tinynet"
             labels=dataset.labels,
             balanced=self.balanced,
         )
-        if self.device is not None and torch.device(self.device).type == "cuda":
-            kwargs.setdefault("pin_memory", True)
+        loader_defaults(kwargs, dataset, self.device)
         return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
 
     def _prepare(self, x):

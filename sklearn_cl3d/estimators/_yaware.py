@@ -43,11 +43,18 @@ default="cutout"
         Preprocessing run inside the lazy loader on every volume (e.g.
         ``[ReorientToRAS(), Resample((2, 2, 2)), CropOrPad((96, 96, 96))]``
         from :mod:`sklearn_cl3d.data`). X may then also be an array.
-    cache : bool, default=False
-        Keep loaded (and preprocessed) volumes in memory after their first
-        use; for cohorts that fit in RAM. Without it, files are read lazily
-        per batch, so memory stays bounded. Use
-        ``iterator_train__num_workers=k`` to load with DataLoader workers.
+    cache : bool, str or path-like, default=False
+        ``True``: keep loaded (and preprocessed) volumes in memory after
+        their first use; for cohorts that fit in RAM. A folder: keep each
+        volume read from a file, decompressed and preprocessed, as a ``.npy``
+        file there and read it from there afterwards (in DataLoader workers,
+        later fits and later runs too); files are keyed by the source's
+        content and the preprocessing, written atomically and checked when
+        read (see :class:`~sklearn_cl3d.data.VolumeDataset`). Without a
+        cache, files are read lazily per batch, so memory stays bounded. On
+        CUDA, file inputs are loaded by DataLoader worker processes (half
+        the cores, at most 8) into pinned memory; set
+        ``iterator_train__num_workers`` to choose.
     temperature : float, default=0.1
         Softmax temperature of the loss, > 0.
     optimizer : torch optimizer class, default=torch.optim.Adam
