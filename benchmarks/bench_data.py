@@ -9,7 +9,16 @@ Measures, and writes as JSON:
    whose total decompressed size is larger than a memory cap, without cache:
    lazy loading keeps the peak far below the cohort size;
 3. ``make_brain_cohort`` generation time per subject at 4 mm (and 2 mm unless
-   ``--quick``).
+   ``--quick``);
+4. the on-disk volume cache (``VolumeDataset(cache=<folder>)``): volumes/s
+   from ``.nii.gz`` paths (int16 MRI-like volumes, ``CropOrPad`` to their own
+   shape as the preprocessing) without cache, with an empty cache (first
+   epoch: decode and write) and with a filled cache (later epochs), with 0
+   and 2 workers, at 64³ and at the full 121×145×121, next to the training
+   step's demand: the subjects per second one y-Aware step consumes, read
+   from a ``bench_yaware.py`` JSON (``--demand-json``, default the H100 run
+   at 64³) and, for the other size, scaled by the voxel count (marked
+   ``"estimated": true``).
 
 Usage::
 
@@ -32,6 +41,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from _bench_common import cpu_model
 from torch.utils.data import DataLoader
 
 from sklearn_cl3d.data import as_volume_dataset
@@ -136,6 +146,121 @@ def bench_generation(args):
     return rows
 
 
+FULL_SHAPE = (121, 145, 121)
+
+
+def _mri_like(rng, shape):
+    """An int16 volume that compresses like an MRI: smooth blocks plus noise."""
+    coarse = rng.normal(size=[-(-s // 8) for s in shape]) * 300 + 1000
+    vol = coarse.repeat(8, 0).repeat(8, 1).repeat(8, 2)[: shape[0], : shape[1]]
+    vol = vol[..., : shape[2]] + rng.normal(scale=20, size=shape)
+    vol[: shape[0] // 8] = 0  # background
+    return vol.astype(np.int16)
+
+
+def _epoch_vps(ds, batch_size, workers):
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
+    n, t0 = 0, time.perf_counter()
+    for xb, _ in loader:
+        n += xb.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def _demand(args, shape):
+    """Subjects per second one training step consumes, with its source."""
+    try:
+        with open(args.demand_json) as fh:
+            ref = json.load(fh)
+        step = ref["results"]["train_step"]
+        size = int(ref["config"]["size"])
+        per_s = step["pairs_per_step"] / step["step_wall_s"]["median"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    voxels, ref_voxels = float(np.prod(shape)), float(size**3)
+    return {
+        "subjects_per_s": per_s * ref_voxels / voxels,
+        "source": args.demand_json,
+        "device": ref.get("machine", {}).get("device_name"),
+        "reference_shape": [size] * 3,
+        "estimated": voxels != ref_voxels,
+    }
+
+
+def bench_cache(args, rng, folder):
+    from sklearn_cl3d.data import CropOrPad
+
+    shapes = [(args.size,) * 3, FULL_SHAPE]
+    if args.quick:
+        shapes = [(24, 24, 24), (30, 36, 30)]
+    rows = []
+    for shape in shapes:
+        sub = folder / ("cache_" + "x".join(map(str, shape)))
+        sub.mkdir()
+        n = args.cache_n if shape != FULL_SHAPE else max(8, args.cache_n // 4)
+        paths = []
+        for i in range(n):
+            p = sub / f"sub-{i:04d}.nii.gz"
+            nib.save(nib.Nifti1Image(_mri_like(rng, shape), np.eye(4)), p)
+            paths.append(str(p))
+        prep = [CropOrPad(shape)]
+        demand = _demand(args, shape)
+        for workers in (0, 2):
+            cache = sub / f"cache_w{workers}"
+            runs = {
+                "no cache": (VolumeDatasetFactory(paths, prep, None), 1),
+                "empty cache (first epoch)": (
+                    VolumeDatasetFactory(paths, prep, cache),
+                    1,
+                ),
+                "filled cache": (
+                    VolumeDatasetFactory(paths, prep, cache),
+                    args.repeats,
+                ),
+            }
+            for name, (make, reps) in runs.items():
+                vps = [
+                    _epoch_vps(make(), args.batch_size, workers) for _ in range(reps)
+                ]
+                row = {
+                    "shape": list(shape),
+                    "n_volumes": n,
+                    "workers": workers,
+                    "reading": name,
+                    "volumes_per_s": float(np.median(vps)),
+                    "volumes_per_s_all": vps,
+                }
+                if demand is not None:
+                    row["demand_subjects_per_s"] = demand["subjects_per_s"]
+                    row["supply_over_demand"] = (
+                        row["volumes_per_s"] / demand["subjects_per_s"]
+                    )
+                rows.append(row)
+                extra = (
+                    f" ({row['supply_over_demand']:.1f}x the step's demand)"
+                    if demand
+                    else ""
+                )
+                print(
+                    f"  {'x'.join(map(str, shape))} workers={workers} {name:<26}"
+                    f" {row['volumes_per_s']:8.1f} volumes/s{extra}"
+                )
+        if demand is not None:
+            rows.append({"shape": list(shape), "demand": demand})
+    return rows
+
+
+class VolumeDatasetFactory:
+    """A new dataset per epoch, as the estimators build one per fit."""
+
+    def __init__(self, paths, prep, cache):
+        self.paths, self.prep, self.cache = paths, prep, cache
+
+    def __call__(self):
+        return as_volume_dataset(
+            self.paths, preprocessing=self.prep, cache=self.cache or False
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -148,11 +273,21 @@ def main(argv=None):
     parser.add_argument("--cap-size", type=int, default=96)
     parser.add_argument("--gen-n", type=int, default=50)
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--skip-cache", action="store_true")
+    parser.add_argument(
+        "--cache-n", type=int, default=64, help="volumes of the cache part (64³)"
+    )
+    parser.add_argument(
+        "--demand-json",
+        default="benchmarks/measured/bench_yaware_h100.json",
+        help="bench_yaware.py JSON whose training step sets the demand",
+    )
     parser.add_argument("--out", default="benchmarks/results/bench_data.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.size, args.repeats = 16, 24, 1
         args.cap_mib, args.cap_size, args.gen_n = 16, 32, 4
+        args.cache_n = 8
 
     torch.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(0)
@@ -161,6 +296,7 @@ def main(argv=None):
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
             "torch": torch.__version__,
         },
         "config": vars(args),
@@ -173,6 +309,9 @@ def main(argv=None):
         result["loader"] = bench_loader(args, rng, folder)
         print("bounded memory over a cohort of paths:")
         result["bounded_memory"] = bench_bounded_memory(args, rng, folder)
+        if not args.skip_cache:
+            print("on-disk volume cache (.nii.gz sources):")
+            result["cache"] = bench_cache(args, rng, folder)
     if not args.skip_generation:
         print("cohort generation:")
         result["generation"] = bench_generation(args)
