@@ -392,3 +392,28 @@ def as_volume_dataset(X, y=None, preprocessing=None, cache=False, **kwargs):
             )
         return X
     return VolumeDataset(X, y=y, preprocessing=preprocessing, cache=cache, **kwargs)
+
+
+class VolumesWithTarget(torch.utils.data.Dataset):
+    """The volumes of a lazy dataset paired with encoded targets.
+
+    Item ``i`` is ``(volumes[i][0], target[i])``: the volume without the
+    dataset's own target.
+
+    Parameters
+    ----------
+    volumes : VolumeDataset
+        The volumes.
+    target : array-like of shape (n, ...)
+        One encoded target per volume.
+    """
+
+    def __init__(self, volumes, target):
+        self.volumes = volumes
+        self.target = target
+
+    def __len__(self):
+        return len(self.volumes)
+
+    def __getitem__(self, i):
+        return self.volumes[i][0], self.target[i]

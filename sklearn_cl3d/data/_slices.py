@@ -1,5 +1,6 @@
 """2-D slices of 3-D volumes: the central block, slice positions, a slice
-dataset and the one-slice-per-volume batch sampler of WSP pretraining."""
+dataset, the one-slice-per-volume batch sampler of WSP pretraining and the
+validation split by volume of fine-tuning on slices."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
 from ._dataset import VolumeDataset, as_volume_dataset
 
@@ -277,7 +279,9 @@ class BalancedVolumeBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for _ in range(self.n_batches):
             volumes = torch.multinomial(
-                self.weights, self.batch_size, replacement=False,
+                self.weights,
+                self.batch_size,
+                replacement=False,
                 generator=self.generator,
             )
             ks = torch.randint(
@@ -293,3 +297,43 @@ def as_slice_dataset(volumes, labels=None, axis=-1, fraction=0.7):
     if not isinstance(volumes, VolumeDataset):
         volumes = as_volume_dataset(volumes)
     return SliceDataset(volumes, labels=labels, axis=axis, fraction=fraction)
+
+
+class VolumeSplit:
+    """Validation split of a :class:`SliceDataset` by volume (never by slice).
+
+    A skorch ``train_split``: one shuffle split of the volumes (stratified
+    on their labels when asked and given), every kept slice of a volume on
+    its side.
+
+    Parameters
+    ----------
+    fraction : float
+        Fraction of the volumes held out, in (0, 1).
+    stratified : bool
+        Stratify on ``dataset.labels`` (when the dataset has labels).
+    random_state : int
+        Seed of the split.
+    """
+
+    def __init__(self, fraction, stratified, random_state):
+        self.fraction = fraction
+        self.stratified = stratified
+        self.random_state = random_state
+
+    def __call__(self, dataset, y=None, **kwargs):
+        n, k = dataset.n_volumes, dataset.n_kept
+        labels = dataset.labels if self.stratified else None
+        cls = StratifiedShuffleSplit if labels is not None else ShuffleSplit
+        splitter = cls(
+            n_splits=1, test_size=self.fraction, random_state=self.random_state
+        )
+        train, valid = next(splitter.split(np.zeros((n, 1)), labels))
+
+        def slices(volumes):
+            return (np.asarray(volumes)[:, None] * k + np.arange(k)).ravel()
+
+        return (
+            torch.utils.data.Subset(dataset, slices(train)),
+            torch.utils.data.Subset(dataset, slices(valid)),
+        )

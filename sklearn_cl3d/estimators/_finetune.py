@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 from sklearn.utils import check_array, check_random_state, column_or_1d
 from sklearn.utils._param_validation import (
     Interval,
@@ -30,8 +29,10 @@ from torch import nn
 from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
 from ..callbacks import StepProgressBar, StopOnNonFiniteLoss
 from ..data import check_volumes
-from ..data._slices import SliceDataset
+from ..data._dataset import VolumesWithTarget
+from ..data._slices import SliceDataset, VolumeSplit
 from ..nn import BACKBONES, DenseNet3D, build_backbone
+from ..nn._finetune import FineTuneNetwork, backbone_blocks
 from ._base import BaseContrastivePretrainer
 from ._skorch import (
     DevicePlumbingMixin,
@@ -45,115 +46,6 @@ __all__ = [
     "FineTunedRegressor",
     "backbone_blocks",
 ]
-
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-# ----------------------------------------------------------------- network
-
-
-def backbone_blocks(backbone, exclude=()):
-    """Split a backbone into its successive trainable blocks.
-
-    The blocks are the backbone's parameterised sub-modules in forward
-    order, found by descending through lone containers (``features`` of a
-    DenseNet, ``layers`` of an MLP). A normalisation layer joins the block
-    before it, and a DenseNet transition joins its dense block, so a
-    DenseNet-121 has 5 blocks (stem, dense blocks 1-4), a ResNet-18 5 (stem,
-    ``layer1``-``layer4``), a small CNN one per convolution and an MLP one
-    per linear layer.
-
-    Parameters
-    ----------
-    backbone : torch.nn.Module
-    exclude : iterable of str, default=()
-        Sub-module names (relative to ``backbone``) left out, e.g. a final
-        BatchNorm added for fine-tuning.
-
-    Returns
-    -------
-    blocks : list of list of str
-        The sub-module names of each block, relative to ``backbone``.
-
-    Examples
-    --------
-    >>> from sklearn_cl3d.nn import DenseNet3D
-    >>> net = DenseNet3D(growth_rate=4, block_config=(1, 1), num_init_features=8)
-    >>> backbone_blocks(net)
-    [['features.conv0', 'features.norm0'], ['features.denseblock1', \
-'features.transition1'], ['features.denseblock2']]
-    """
-    exclude = set(exclude)
-
-    def has_params(module):
-        return next(module.parameters(), None) is not None
-
-    prefix, module = "", backbone
-    while True:
-        kids = [(n, m) for n, m in module.named_children() if has_params(m)]
-        own = next(module.parameters(recurse=False), None)
-        if len(kids) == 1 and own is None and next(kids[0][1].children(), None):
-            prefix += kids[0][0] + "."
-            module = kids[0][1]
-            continue
-        break
-    blocks = []
-    for name, child in kids:
-        full = prefix + name
-        if full in exclude:
-            continue
-        if blocks and (isinstance(child, _NORMS) or name.startswith("transition")):
-            blocks[-1].append(full)
-        else:
-            blocks.append([full])
-    return blocks
-
-
-class FineTuneNetwork(nn.Module):
-    """A backbone followed by a task head; frozen blocks stay in eval mode.
-
-    Parameters
-    ----------
-    backbone : torch.nn.Module
-        Encoder mapping a batch to ``(n, backbone.out_features)``.
-    head : torch.nn.Module
-        Maps the features to the outputs (class logits or regression values).
-    frozen : tuple of str, default=()
-        Names of backbone sub-modules whose parameters are frozen (``""``
-        is the whole backbone): they are kept in eval mode (BatchNorm
-        statistics and dropout fixed) even when the network trains.
-    added : tuple of str, default=()
-        Names of backbone sub-modules added for fine-tuning (freshly
-        initialised, trained with the head's learning rate), e.g. the final
-        BatchNorm ``"features.norm5"`` of a DenseNet in classifier mode.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sklearn_cl3d.nn import MLPEncoder
-    >>> net = FineTuneNetwork(MLPEncoder(6, hidden_dims=(5,)), torch.nn.Linear(5, 2))
-    >>> net(torch.zeros(3, 6)).shape
-    torch.Size([3, 2])
-    """
-
-    def __init__(self, backbone, head, frozen=(), added=()):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.frozen = tuple(frozen)
-        self.added = tuple(added)
-
-    def train(self, mode=True):
-        super().train(mode)
-        for name in self.frozen:
-            self.backbone.get_submodule(name).eval()
-        for name in self.added:
-            self.backbone.get_submodule(name).train(mode)
-        return self
-
-    def forward(self, x):
-        """Return the head's output for the batch ``x``."""
-        return self.head(self.backbone(x))
 
 
 def _never(self):
@@ -178,46 +70,6 @@ def _reset_parameters(module):
 def _bare(estimator):
     bare = getattr(estimator, "_bare_module", None)
     return bare() if bare is not None else estimator.module_
-
-
-class _VolumeSplit:
-    """Validation split of a :class:`SliceDataset` by volume (never by slice)."""
-
-    def __init__(self, fraction, stratified, random_state):
-        self.fraction = fraction
-        self.stratified = stratified
-        self.random_state = random_state
-
-    def __call__(self, dataset, y=None, **kwargs):
-        n, k = dataset.n_volumes, dataset.n_kept
-        labels = dataset.labels if self.stratified else None
-        cls = StratifiedShuffleSplit if labels is not None else ShuffleSplit
-        splitter = cls(
-            n_splits=1, test_size=self.fraction, random_state=self.random_state
-        )
-        train, valid = next(splitter.split(np.zeros((n, 1)), labels))
-
-        def slices(volumes):
-            return (np.asarray(volumes)[:, None] * k + np.arange(k)).ravel()
-
-        return (
-            torch.utils.data.Subset(dataset, slices(train)),
-            torch.utils.data.Subset(dataset, slices(valid)),
-        )
-
-
-class _WithTarget(torch.utils.data.Dataset):
-    """The volumes of a lazy dataset paired with encoded targets."""
-
-    def __init__(self, volumes, target):
-        self.volumes = volumes
-        self.target = target
-
-    def __len__(self):
-        return len(self.volumes)
-
-    def __getitem__(self, i):
-        return self.volumes[i][0], self.target[i]
 
 
 # --------------------------------------------------------------- estimator
@@ -694,7 +546,7 @@ class _BaseFineTuned(
         stratified = isinstance(self, ClassifierMixin)
         seed = self._base_seed_ % (2**31)
         if isinstance(dataset, SliceDataset):
-            split = _VolumeSplit(self.validation_fraction, stratified, seed)
+            split = VolumeSplit(self.validation_fraction, stratified, seed)
             return split(dataset)
         split = ValidSplit(
             self.validation_fraction,
@@ -822,7 +674,7 @@ class _BaseFineTuned(
             )
             target = None
         elif isinstance(volumes, torch.utils.data.Dataset):
-            data = _WithTarget(volumes, target)
+            data = VolumesWithTarget(volumes, target)
         else:
             data = volumes
         offset = 0 if reset else len(self.history)

@@ -26,6 +26,8 @@ three.
 :class:`LandmarkSetEncoder` encode the slices or landmark patches of a volume
 and pool them (:class:`ItemPooling`) into one vector per volume: the
 backbones a fine-tuner builds from those two pretrainers.
+:class:`FineTuneNetwork` chains a backbone and a task head, and
+:func:`backbone_blocks` lists a backbone's successive blocks.
 :func:`build_backbone` builds a backbone from a name in :data:`BACKBONES`, a
 class or an instance.
 """
@@ -35,6 +37,7 @@ from ._2d import ResNet2D, TinyNet2D, resnet18_2d
 from ._condconv import CondConv3d
 from ._densenet import DenseNet3D, densenet121
 from ._drasclr import DrasCLRMoCo, DrasCLRNet, queue_nbytes
+from ._finetune import FineTuneNetwork, backbone_blocks
 from ._globallocal import GlobalLocalNet
 from ._heads import LAYERS, ContrastiveModel, ProjectionHead
 from ._pooled import (
@@ -56,6 +59,7 @@ __all__ = [
     "DenseNet3D",
     "DrasCLRMoCo",
     "DrasCLRNet",
+    "FineTuneNetwork",
     "GlobalHead",
     "GlobalLocalNet",
     "ITEM_POOLINGS",
@@ -70,6 +74,7 @@ __all__ = [
     "TinyNet2D",
     "UNet",
     "UNetEncoder",
+    "backbone_blocks",
     "build_backbone",
     "densenet121",
     "functional",
