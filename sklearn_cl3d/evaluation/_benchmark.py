@@ -609,12 +609,15 @@ def benchmark(
         benchmark("/data/my_bids", target="diagnosis", proxy="age",
                   covariates=["age"], out_dir="my_benchmark")
 
+    Bad input is refused before any work, naming the option:
+
     >>> from sklearn_cl3d.evaluation import benchmark
-    >>> benchmark(methods=["bogus"])
-    Traceback (most recent call last):
-    ...
-    ValueError: methods (--methods) must be among ['covariates', 'pca', 'random', \
-'simclr', 'yaware']; got ['bogus'].
+    >>> try:
+    ...     benchmark(methods=["simclr", "moco"])
+    ... except ValueError as exc:
+    ...     print(exc)
+    methods (--methods) must be among ['covariates', 'pca', 'random', 'simclr', \
+'yaware']; got ['moco'].
     """
     from .._demo import (
         _machine,
