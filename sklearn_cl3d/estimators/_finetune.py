@@ -30,6 +30,7 @@ from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
 from ..callbacks import StepProgressBar, StopOnNonFiniteLoss
 from ..data import check_volumes
 from ..data._dataset import VolumesWithTarget
+from ..data._loading import loader_defaults
 from ..data._slices import SliceDataset, VolumeSplit
 from ..nn import BACKBONES, DenseNet3D, build_backbone
 from ..nn._finetune import FineTuneNetwork, backbone_blocks
@@ -162,8 +163,9 @@ None, default=None
         the pretrainers do by default; it should match the pretraining.
     preprocessing : list of transformers, Pipeline or None, default=None
         Preprocessing run in the lazy volume loader (see the pretrainers).
-    cache : bool, default=False
-        Keep loaded volumes in memory.
+    cache : bool, str or path-like, default=False
+        Keep loaded volumes in memory (True), or decompressed and
+        preprocessed in an on-disk cache folder (see the pretrainers).
     optimizer : torch optimizer class, default=torch.optim.Adam
         ``optimizer__*`` parameters are passed to it.
     max_epochs : int, default=100
@@ -240,7 +242,7 @@ class _BaseFineTuned(
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "augmentation": [StrOptions(set(AUGMENTATION_PRESETS)), callable, None],
         "normalize": [StrOptions({"zscore"}), None],
-        "cache": ["boolean"],
+        "cache": ["boolean", str, os.PathLike],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device, None],
@@ -568,8 +570,7 @@ class _BaseFineTuned(
             kwargs.setdefault(
                 "drop_last", len(dataset) > size and len(dataset) % size == 1
             )
-        if self.device is not None and torch.device(self.device).type == "cuda":
-            kwargs.setdefault("pin_memory", True)
+        loader_defaults(kwargs, dataset, self.device)
         iterator = self.iterator_train if training else self.iterator_valid
         return iterator(dataset, **kwargs)
 
