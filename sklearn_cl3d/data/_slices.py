@@ -1,6 +1,7 @@
 """2-D slices of 3-D volumes: the central block, slice positions, a slice
 dataset, the one-slice-per-volume batch sampler of WSP pretraining and the
-validation split by volume of fine-tuning on slices."""
+validation split by volume of fine-tuning on slices; the network items of
+segmentation."""
 
 from __future__ import annotations
 
@@ -337,3 +338,46 @@ class VolumeSplit:
             torch.utils.data.Subset(dataset, slices(train)),
             torch.utils.data.Subset(dataset, slices(valid)),
         )
+
+
+def segmentation_items(X, masks, slice_axis, dims):
+    """Network items of segmentation: slices (2-D) or reoriented volumes (3-D).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, C, D, H, W)
+        Volumes.
+    masks : ndarray of shape (n, D, H, W) or None
+        Their label masks.
+    slice_axis : {0, 1, 2}
+        Spatial axis the slices are taken along.
+    dims : {2, 3}
+        2: every slice along ``slice_axis`` is an item, volume-major
+        ``(n * D', C, h, w)``; 3: every volume, with ``slice_axis`` moved
+        first, ``(n, C, D', h, w)``.
+
+    Returns
+    -------
+    items : ndarray
+    masks : ndarray or None
+        The masks cut and ordered the same way (without a channel axis).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.zeros((2, 1, 4, 5, 6))
+    >>> segmentation_items(X, None, slice_axis=2, dims=2)[0].shape
+    (12, 1, 4, 5)
+    """
+    axis = slice_axis
+    if dims == 2:
+        x = np.moveaxis(X, 2 + axis, 1)  # (n, D', C, h, w)
+        x = np.ascontiguousarray(x.reshape(-1, *x.shape[2:]))
+        if masks is not None:
+            y = np.moveaxis(masks, 1 + axis, 1)
+            masks = np.ascontiguousarray(y.reshape(-1, *y.shape[2:]))
+    else:
+        x = np.ascontiguousarray(np.moveaxis(X, 2 + axis, 2))
+        if masks is not None:
+            masks = np.ascontiguousarray(np.moveaxis(masks, 1 + axis, 1))
+    return x, masks

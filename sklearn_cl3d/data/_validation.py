@@ -1,5 +1,6 @@
 """Validation of the inputs every estimator takes: X (volumes or features)
-and per-sample metadata."""
+and per-sample metadata; the weak labels and row positions of WSP and the
+label masks of segmentation."""
 
 from __future__ import annotations
 
@@ -268,3 +269,137 @@ def check_metadata(y, n_samples, *, name="y"):
             f"{n_samples} samples but {name} has {y.shape[0]}."
         )
     return y.astype(np.float32)
+
+
+def encode_weak_labels(labels, n_samples, name):
+    """Check that labels are discrete; return (classes, float32 codes).
+
+    Parameters
+    ----------
+    labels : array-like of shape (n,) or (n, 1)
+        One discrete weak label per volume (ints, bools, strings or
+        integer-valued floats).
+    n_samples : int
+        Number of volumes.
+    name : str
+        Name of the argument, for messages.
+
+    Returns
+    -------
+    classes : ndarray
+        The sorted distinct labels.
+    codes : ndarray of float32, shape (n,)
+        Index of each label in ``classes``.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise ValueError(
+            f"{name} must be one discrete weak label per volume, shape (n,); got "
+            f"shape {arr.shape}."
+        )
+    if len(arr) != n_samples:
+        raise ValueError(
+            f"Found input variables with inconsistent numbers of samples: X has "
+            f"{n_samples} volumes but {name} has {len(arr)}."
+        )
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or infinity.")
+        if not np.array_equal(arr, np.round(arr)):
+            bad = arr[arr != np.round(arr)][0]
+            raise ValueError(
+                f"{name} must be discrete (integers, bools or strings): WSP "
+                f"weak labels are classes; got a non-integer value {bad!r}. Bin "
+                "a continuous score first, or use YAwarePretrainer for "
+                "continuous metadata."
+            )
+    elif arr.dtype.kind == "c" or arr.dtype.kind == "V":
+        raise ValueError(f"{name} must be discrete labels; got dtype {arr.dtype}.")
+    try:
+        classes, codes = np.unique(arr, return_inverse=True)
+    except TypeError as exc:
+        raise ValueError(
+            f"{name} must be discrete labels of one comparable type; {exc}"
+        ) from None
+    return classes, codes.reshape(-1).astype(np.float32)
+
+
+def check_row_positions(positions, n_samples):
+    """Positions of tabular rows as float32 ``(n, k)``.
+
+    Parameters
+    ----------
+    positions : array-like of shape (n,) or (n, k)
+        Finite positions, one row per sample.
+    n_samples : int
+        Number of rows.
+
+    Returns
+    -------
+    ndarray of float32, shape (n, k)
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.ndim == 1:
+        pos = pos[:, None]
+    if pos.ndim != 2 or len(pos) != n_samples:
+        raise ValueError(
+            f"positions must have shape (n,) or (n, k) with n = {n_samples} rows; "
+            f"got shape {np.shape(positions)}."
+        )
+    if not np.isfinite(pos).all():
+        raise ValueError("positions contains NaN or infinity.")
+    return pos.astype(np.float32)
+
+
+def check_masks(masks, X, n_classes=None):
+    """Integer label masks matching volumes.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n, D, H, W) or (n, 1, D, H, W)
+        Label masks, integer labels ``0, 1, ...`` (integer-valued floats
+        accepted).
+    X : ndarray of shape (n, C, D, H, W)
+        The volumes.
+    n_classes : int or None, default=None
+        Labels must be below it, when given.
+
+    Returns
+    -------
+    ndarray of int64, shape (n, D, H, W)
+
+    Raises
+    ------
+    ValueError
+        If masks are missing, of the wrong shape or not labels.
+    """
+    if masks is None:
+        raise ValueError(
+            "ContrastiveSegmenter requires y: label masks of shape (n, D, H, W) "
+            "matching the volumes."
+        )
+    m = np.asarray(masks)
+    if m.ndim == 5 and m.shape[1] == 1:
+        m = m[:, 0]
+    expected = (X.shape[0], *X.shape[2:])
+    if m.shape != expected:
+        raise ValueError(
+            f"masks must have shape (n, D, H, W) = {expected}, matching the "
+            f"volumes of shape {X.shape}; got masks of shape {np.shape(masks)}."
+        )
+    if m.dtype.kind not in "biuf":
+        raise ValueError(f"masks must hold integer labels; got dtype {m.dtype}.")
+    if m.dtype.kind == "f":
+        if not np.isfinite(m).all() or not np.array_equal(m, np.round(m)):
+            raise ValueError("masks must hold integer labels 0, 1, ...")
+    m = m.astype(np.int64)
+    if m.size and m.min() < 0:
+        raise ValueError(f"masks must hold labels >= 0; got {m.min()}.")
+    if n_classes is not None and m.size and m.max() >= n_classes:
+        raise ValueError(
+            f"masks hold label {m.max()} but n_classes={n_classes} allows "
+            f"labels 0..{n_classes - 1}."
+        )
+    return m

@@ -21,11 +21,14 @@ from skorch.utils import to_tensor
 
 from ..callbacks import StopOnNonFiniteLoss
 from ..data import check_volumes
+from ..data._percentile import PercentileScaling
+from ..data._slices import segmentation_items
+from ..data._validation import check_masks
 from ..losses import DiceCELoss
 from ..metrics import dice_scores
 from ..nn import UNet
 from ._base import MEMORY_FORMATS, BaseContrastivePretrainer
-from ._globallocal import GlobalLocalPretrainer, PercentileScaling
+from ._globallocal import GlobalLocalPretrainer
 from ._skorch import (
     DevicePlumbingMixin,
     PretrainedByReferenceMixin,
@@ -364,51 +367,10 @@ class ContrastiveSegmenter(
         scaler = PercentileScaling()
         return np.stack([scaler.apply(v)[0] for v in X])
 
-    def _check_masks(self, masks, X, n_classes=None):
-        if masks is None:
-            raise ValueError(
-                "ContrastiveSegmenter requires y: label masks of shape (n, D, H, W) "
-                "matching the volumes."
-            )
-        m = np.asarray(masks)
-        if m.ndim == 5 and m.shape[1] == 1:
-            m = m[:, 0]
-        expected = (X.shape[0], *X.shape[2:])
-        if m.shape != expected:
-            raise ValueError(
-                f"masks must have shape (n, D, H, W) = {expected}, matching the "
-                f"volumes of shape {X.shape}; got masks of shape {np.shape(masks)}."
-            )
-        if m.dtype.kind not in "biuf":
-            raise ValueError(f"masks must hold integer labels; got dtype {m.dtype}.")
-        if m.dtype.kind == "f":
-            if not np.isfinite(m).all() or not np.array_equal(m, np.round(m)):
-                raise ValueError("masks must hold integer labels 0, 1, ...")
-        m = m.astype(np.int64)
-        if m.size and m.min() < 0:
-            raise ValueError(f"masks must hold labels >= 0; got {m.min()}.")
-        if n_classes is not None and m.size and m.max() >= n_classes:
-            raise ValueError(
-                f"masks hold label {m.max()} but n_classes={n_classes} allows "
-                f"labels 0..{n_classes - 1}."
-            )
-        return m
-
     def _items(self, X, masks=None):
         """Network items: slices (2-D) or volumes with the slice axis first."""
         geo = self.geometry_
-        axis = geo["slice_axis"]
-        if geo["dims"] == 2:
-            x = np.moveaxis(X, 2 + axis, 1)  # (n, D', C, h, w)
-            x = np.ascontiguousarray(x.reshape(-1, *x.shape[2:]))
-            if masks is not None:
-                y = np.moveaxis(masks, 1 + axis, 1)
-                masks = np.ascontiguousarray(y.reshape(-1, *y.shape[2:]))
-        else:
-            x = np.ascontiguousarray(np.moveaxis(X, 2 + axis, 2))
-            if masks is not None:
-                masks = np.ascontiguousarray(np.moveaxis(masks, 1 + axis, 1))
-        return x, masks
+        return segmentation_items(X, masks, geo["slice_axis"], geo["dims"])
 
     def _resize(self, x, size, mode):
         if tuple(x.shape[2:]) == tuple(size):
@@ -529,7 +491,7 @@ class ContrastiveSegmenter(
         source = self._source() if reset else None
         X = self._volumes(X, reset=reset)
         if reset:
-            masks = self._check_masks(masks, X, self.n_classes)
+            masks = check_masks(masks, X, self.n_classes)
             if source is not None and source.input_shape_[0] != X.shape[1]:
                 raise ValueError(
                     f"X has {X.shape[1]} channel(s) but the pretrained network "
@@ -544,7 +506,7 @@ class ContrastiveSegmenter(
             rng = check_random_state(self.random_state)
             self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
         else:
-            masks = self._check_masks(masks, X, self.n_classes_)
+            masks = check_masks(masks, X, self.n_classes_)
         X = self._scale(X, self.geometry_["normalize"])
         items, targets = self._items(X, masks)
         offset = 0 if reset else len(self.history)
@@ -660,7 +622,7 @@ class ContrastiveSegmenter(
         """
         self.check_is_fitted()
         Xv = self._volumes(X, reset=False)
-        masks = self._check_masks(y, Xv, self.n_classes_)
+        masks = check_masks(y, Xv, self.n_classes_)
         scores = dice_scores(masks, self.predict(X), self.n_classes_)
         per_volume = scores.mean(axis=1)
         return float(np.average(per_volume, weights=sample_weight))

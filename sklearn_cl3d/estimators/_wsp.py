@@ -19,6 +19,7 @@ from ..data._slices import (
     SliceDataset,
     central_slice_range,
 )
+from ..data._validation import check_row_positions, encode_weak_labels
 from ..losses import NORMALIZATIONS, WSP_KERNELS, WSPLoss
 from ..nn import BACKBONES
 from ._base import BaseContrastivePretrainer
@@ -27,57 +28,6 @@ from ._yaware import _COMMON_ATTRS_DOC
 __all__ = ["WSPPretrainer"]
 
 AGGREGATES = ("mean", "max", "none")
-
-
-def _encode_weak_labels(labels, n_samples, name):
-    """Check that labels are discrete; return (classes, float32 codes)."""
-    arr = np.asarray(labels)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr.ravel()
-    if arr.ndim != 1:
-        raise ValueError(
-            f"{name} must be one discrete weak label per volume, shape (n,); got "
-            f"shape {arr.shape}."
-        )
-    if len(arr) != n_samples:
-        raise ValueError(
-            f"Found input variables with inconsistent numbers of samples: X has "
-            f"{n_samples} volumes but {name} has {len(arr)}."
-        )
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{name} contains NaN or infinity.")
-        if not np.array_equal(arr, np.round(arr)):
-            bad = arr[arr != np.round(arr)][0]
-            raise ValueError(
-                f"{name} must be discrete (integers, bools or strings): WSP "
-                f"weak labels are classes; got a non-integer value {bad!r}. Bin "
-                "a continuous score first, or use YAwarePretrainer for "
-                "continuous metadata."
-            )
-    elif arr.dtype.kind == "c" or arr.dtype.kind == "V":
-        raise ValueError(f"{name} must be discrete labels; got dtype {arr.dtype}.")
-    try:
-        classes, codes = np.unique(arr, return_inverse=True)
-    except TypeError as exc:
-        raise ValueError(
-            f"{name} must be discrete labels of one comparable type; {exc}"
-        ) from None
-    return classes, codes.reshape(-1).astype(np.float32)
-
-
-def _check_row_positions(positions, n_samples):
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim == 1:
-        pos = pos[:, None]
-    if pos.ndim != 2 or len(pos) != n_samples:
-        raise ValueError(
-            f"positions must have shape (n,) or (n, k) with n = {n_samples} rows; "
-            f"got shape {np.shape(positions)}."
-        )
-    if not np.isfinite(pos).all():
-        raise ValueError("positions contains NaN or infinity.")
-    return pos.astype(np.float32)
 
 
 class WSPPretrainer(BaseContrastivePretrainer):
@@ -403,7 +353,7 @@ default="tinynet"
                 "weak_labels=... (routed with set_fit_request(weak_labels=True) "
                 "in a Pipeline), or set use_labels=False."
             )
-        self.weak_classes_, codes = _encode_weak_labels(labels, n_samples, name)
+        self.weak_classes_, codes = encode_weak_labels(labels, n_samples, name)
         return codes
 
     def get_dataset(self, X, y=None):
@@ -431,7 +381,7 @@ default="tinynet"
         positions = (
             np.zeros((n, 1), np.float32)
             if positions is None
-            else _check_row_positions(positions, n)
+            else check_row_positions(positions, n)
         )
         self.n_kept_ = 1
         self.slice_positions_ = np.zeros(1, np.float32)
