@@ -223,6 +223,13 @@ class DevicePlumbingMixin:
     of the package shares (``device="auto"``, ``random_state``,
     ``precision``, ``memory_format``, ``compile``)."""
 
+    #: Whether CPU fits keep freed tensor memory in the heap
+    #: (:func:`sklearn_cl3d._heap.cpu_heap_reuse`). It saves page faults on
+    #: the large, regular activations of 3-D networks; estimators whose steps
+    #: allocate many smaller blocks of varying sizes (2-D slices) turn it off,
+    #: since the fragmented heap then raises the peak memory.
+    _cpu_heap_reuse = True
+
     @contextmanager
     def _on_device(self):
         """Resolve ``device="auto"`` for the duration of a skorch call.
@@ -237,7 +244,7 @@ class DevicePlumbingMixin:
         on_cpu = resolved is None or torch.device(resolved).type == "cpu"
         self.__dict__["device"] = resolved
         try:
-            with cpu_heap_reuse(on_cpu):
+            with cpu_heap_reuse(on_cpu and self._cpu_heap_reuse):
                 yield resolved
         finally:
             self.__dict__["device"] = requested

@@ -180,6 +180,10 @@ default="tinynet"
 
     _metadata_required = True
 
+    # many mid-sized 2-D blocks: reusing freed heap memory fragments the heap
+    # and raised the peak RSS above the official code's (issue 17, point 4)
+    _cpu_heap_reuse = False
+
     _parameter_constraints = {
         **BaseContrastivePretrainer._parameter_constraints,
         "sigma": [Interval(Real, 0, None, closed="right")],
