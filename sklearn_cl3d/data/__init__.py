@@ -20,6 +20,7 @@ from ._patches import (
     map_corners,
 )
 from ._paths import expand_paths
+from ._percentile import PercentileScaling
 from ._preprocessing import (
     CropOrPad,
     HUWindow,
@@ -54,6 +55,7 @@ __all__ = [
     "slice_positions",
     "CropOrPad",
     "HUWindow",
+    "PercentileScaling",
     "IntensityZScore",
     "PreprocessingChain",
     "ReorientToRAS",
