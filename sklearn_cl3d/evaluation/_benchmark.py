@@ -16,6 +16,16 @@ from sklearn.utils import Bunch
 
 from ._label_efficiency import PROTOCOLS, label_efficiency
 from ._methods import _check_seeds
+from ._runs import (
+    PRESETS,
+    _fmt_ci,
+    _machine,
+    _n_labelled,
+    _network_makers,
+    _plot as _plot_png,
+    _pretrain,
+    _write_json,
+)
 from ._splits import _resolve_task, label_efficiency_splits
 from ._statistics import paired_differences, summarize
 from ._tables import _COLUMNS, _as_frame
@@ -156,7 +166,6 @@ def _check_settings(
 
 def _pretrainer_params(pretrainer_params, device, sigma, max_epochs):
     """The shared parameters of the networks, checked on a y-Aware instance."""
-    from .._demo import PRESETS
     from ..estimators import YAwarePretrainer
 
     given = dict(pretrainer_params or {})
@@ -327,8 +336,6 @@ def _load_previous(out, config, log):
 def _write_outputs(out, config, machine, rows, fit_seconds, seconds, log, tables):
     """results.json/.csv, and with ``tables`` summary.csv and differences.csv
     (also in results.json); returns the summary and the differences."""
-    from .._demo import _write_json
-
     summary = summarize(rows) if tables else []
     differences = []
     methods = list(dict.fromkeys(r["method"] for r in rows)) if tables else []
@@ -370,8 +377,6 @@ def _write_outputs(out, config, machine, rows, fit_seconds, seconds, log, tables
 
 
 def _print_tables(summary, differences, n_labels, log):
-    from .._demo import _fmt_ci
-
     log("\nScore: mean ± sd over pretraining seeds x splits")
     log(f"{'method':<24}" + "".join(f"{n:>16}" for n in n_labels))
     for m, p in dict.fromkeys((s["method"], s["protocol"]) for s in summary):
@@ -619,14 +624,6 @@ def benchmark(
     methods (--methods) must be among ['covariates', 'pca', 'random', 'simclr', \
 'yaware']; got ['moco'].
     """
-    from .._demo import (
-        _machine,
-        _n_labelled,
-        _network_makers,
-        _plot as _plot_png,
-        _pretrain,
-    )
-
     t0 = time.perf_counter()
     (
         methods, protocols, n_labels, seeds, n_repeats, test_size, max_epochs,
