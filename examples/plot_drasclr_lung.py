@@ -24,7 +24,7 @@ experts. This example
     The cohort is synthetic (geometric phantoms at 5 mm voxels), the patches
     are 16³ voxels instead of the official 32³ at 1 mm, and pretraining
     lasts one short epoch per encoder, so that the page builds on a 2-core
-    CPU in about two minutes. The page pretrains each encoder once; the
+    CPU in under a minute. The page pretrains each encoder once; the
     comparison over pretraining seeds is the benchmark quoted at the end.
     Set ``SKLEARN_CL3D_FULL_EXAMPLES=1`` for a longer run (more subjects and
     epochs; not timed).
