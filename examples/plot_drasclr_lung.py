@@ -460,7 +460,7 @@ fig.tight_layout()
 #   (-0.004 [-0.138, +0.117] with 20 labels, +0.025 [-0.133, +0.184] with
 #   100).
 # * **Upper-zone R²** (the default target, 1011 s,
-#   ``benchmarks/measured/effect_drasclr.json``): every interval contains 0
+#   ``benchmarks/measured/effect_drasclr.json``): every ablation's interval contains 0
 #   except that without the neighbour loss with 50 labels
 #   (-0.320 [-0.812, -0.067]); the R² of one encoder moves by up to 0.5
 #   from one pretraining seed to the next (seed 1 of DrasCLR: -0.14 with
