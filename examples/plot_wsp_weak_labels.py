@@ -273,8 +273,11 @@ plt.show()
 # random network -0.154 [-0.213, -0.089]  -0.070 [-0.115, -0.022]
 # ============== ======================== ========================
 #
-# (AUC of WSP: 0.811 with 20 labels, 0.873 with 100.) The numbers printed
-# above can differ in the third decimal with the number of torch threads.
+# (AUC of WSP: 0.811 with 20 labels, 0.873 with 100.) The benchmark ran one
+# torch thread; the documentation build runs two, and floating-point sums
+# in another order move the differences printed above by up to about 0.01
+# (e.g. position only at 20 labels: -0.040 [-0.062, -0.020] in the build of
+# 2026-12-07), without changing any conclusion below.
 #
 # * **WSP beats its two halves and a random network** with few labels: the
 #   position kernel and the weak label together do better than either

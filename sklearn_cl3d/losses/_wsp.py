@@ -7,7 +7,7 @@ import math
 import torch
 
 from ._infonce import NORMALIZATIONS, check_temperature, kernel_infonce
-from ._kernels import _pair, delta_kernel, get_kernel, stack_view_metadata
+from ._kernels import _pair, _sq_dist, delta_kernel, get_kernel, stack_view_metadata
 
 __all__ = ["WSP_KERNELS", "WSPLoss", "distance_kernel", "wsp_infonce"]
 
@@ -43,10 +43,8 @@ def distance_kernel(y, y2=None, *, sigma=None) -> torch.Tensor:
     0.006738
     """
     a, b = _pair(y, y2)
-    # Exact differences, so that equal rows give exactly exp(0) = 1 (the
-    # partner view's weight).
-    dist = (a[:, None, :] - b[None, :, :]).pow(2).sum(-1).sqrt()
-    return torch.exp(-dist)
+    # exact differences: equal rows give exactly exp(0) = 1 (the partner's weight)
+    return torch.exp(-_sq_dist(a, b).sqrt())
 
 
 def _wsp_kernel(kernel):
