@@ -52,7 +52,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -518,5 +517,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(int(torch.get_num_threads()))
     main()
