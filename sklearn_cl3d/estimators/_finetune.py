@@ -70,9 +70,14 @@ nn.Module, default="densenet121"
         The encoder built when ``pretrained`` is None (ignored otherwise),
         with the ``backbone__*`` parameters, as in the pretrainers. A module
         instance is copied (so its weights are the starting point).
-    head : "linear" or callable, default="linear"
+    head : {"linear", "official"} or callable, default="linear"
         The task head on the pooled features: a linear layer (zero bias) or
-        ``head(in_features, n_outputs) -> nn.Module``.
+        ``head(in_features, n_outputs) -> nn.Module``. ``"official"`` is
+        the classifier mode of the official WSP networks: after a TinyNet the
+        pretrained first projection layer (fc1) and a ReLU come before the
+        new linear layer; a ResNet2D gets a BatchNorm on its last feature
+        map (``last_bn``, trained with the head's learning rate); other
+        backbones get the linear layer.
     pooling : {"auto", "mean", "max", "attention"}, default="auto"
         For encoders of parts of a volume (a GlobalLocalPretrainer's slices,
         a DrasCLREncoder's landmark patches): how the parts' features become
@@ -109,16 +114,42 @@ nn.Module, default="densenet121"
         when the validation loss has not improved for that many epochs and
         restore the best weights. True means a patience of 10.
     validation_fraction : float, default=0.1
-        Held-out fraction used by ``early_stopping``, in (0, 1).
+        Held-out fraction used by ``early_stopping`` and ``keep_best``, in
+        (0, 1).
+    keep_best : {"valid_loss", "valid_auc"} or None, default=None
+        Hold out ``validation_fraction`` of the training data (as for
+        ``early_stopping``, unless ``train_split`` is given), score every
+        epoch on it and restore, at the end of ``fit``, the weights of the
+        best epoch. ``"valid_auc"`` (classifiers) is the ROC AUC of the
+        validation volumes' predictions, a volume's being the mean of its
+        slices' probabilities for slice inputs (recorded as ``valid_auc``
+        in ``history_``): the checkpoint the official WSP fine-tuning
+        keeps. With ``early_stopping`` too, both follow this score. None
+        keeps the last epoch's weights.
+    slice_sampling : {"all", "balanced"}, default="all"
+        For slice inputs (a WSP encoder): ``"all"`` visits every kept slice
+        once per epoch, in shuffled batches; ``"balanced"`` is the official
+        WSP sampler, batches of one random slice from each of
+        ``batch_size`` distinct volumes (capped at the number of volumes),
+        drawn with probability 1 / (count of the volume's class) for a
+        classifier (uniformly for a regressor).
+    steps_per_epoch : int or None, default=None
+        Batches per epoch with ``slice_sampling="balanced"``; None means
+        ``n_volumes // batch_size`` (at least 1), so each volume gives
+        about one slice per epoch (the official non-CV run: 10000 //
+        batch_size). Ignored with ``"all"``.
     augmentation : {"cutout", "all", "crop", "wsp", "none"}, callable or \
 None, default=None
         Augmentation of the training batches (never at prediction): a preset
         of :func:`~sklearn_cl3d.augment.make_augmentation` or a callable on a
         batch tensor. None (no augmentation) by default, since the
         pretrainers' presets are made for contrastive views.
-    normalize : {"zscore"} or None, default="zscore"
+    normalize : {"zscore", "uint8"} or None, default="zscore"
         Per-sample z-scoring of the inputs (per slice for slice inputs), as
         the pretrainers do by default; it should match the pretraining.
+        ``"uint8"``: the official WSP input, intensities truncated to the
+        integers 0-255 and divided by 250 (see
+        :class:`~sklearn_cl3d.WSPPretrainer`).
     preprocessing : list of transformers, Pipeline or None, default=None
         Preprocessing run in the lazy volume loader (see the pretrainers).
     cache : bool, str or path-like, default=False

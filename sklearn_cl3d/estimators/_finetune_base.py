@@ -25,15 +25,17 @@ from skorch.dataset import ValidSplit
 from skorch.utils import to_tensor
 from torch import nn
 
-from ..augment import AUGMENTATION_PRESETS, ZScore, make_augmentation
+from ..augment import AUGMENTATION_PRESETS, make_augmentation
+from ..augment._scaling import NORMALIZE_OPTIONS, make_normalizer
 from ..callbacks import StepProgressBar, StopOnNonFiniteLoss
 from ..data import check_volumes
 from ..data._dataset import VolumesWithTarget
 from ..data._loading import loader_defaults
 from ..data._slices import SliceDataset, VolumeSplit
 from ..nn import BACKBONES, DenseNet3D, build_backbone
-from ..nn._finetune import FineTuneNetwork, backbone_blocks
+from ..nn._finetune import FineTuneNetwork, backbone_blocks, official_classifier
 from ._base import BaseContrastivePretrainer
+from ._finetune_select import KEEP_BEST, BestValidCheckpoint, balanced_slice_sampler
 from ._skorch import (
     DevicePlumbingMixin,
     PretrainedByReferenceMixin,
@@ -80,7 +82,7 @@ class _BaseFineTuned(
         "pretrained": [BaseContrastivePretrainer, str, os.PathLike, None],
         "init": [StrOptions({"pretrained", "random"})],
         "backbone": [StrOptions(set(BACKBONES)), callable, nn.Module],
-        "head": [StrOptions({"linear"}), callable],
+        "head": [StrOptions({"linear", "official"}), callable],
         "pooling": [StrOptions({"auto", "mean", "max", "attention"})],
         "final_norm": ["boolean"],
         "freeze": [
@@ -93,8 +95,11 @@ class _BaseFineTuned(
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "early_stopping": ["boolean", Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "keep_best": [StrOptions(set(KEEP_BEST)), None],
+        "slice_sampling": [StrOptions({"all", "balanced"})],
+        "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
         "augmentation": [StrOptions(set(AUGMENTATION_PRESETS)), callable, None],
-        "normalize": [StrOptions({"zscore"}), None],
+        "normalize": [StrOptions(set(NORMALIZE_OPTIONS)), None],
         "cache": ["boolean", str, os.PathLike],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -119,6 +124,9 @@ class _BaseFineTuned(
         weight_decay=5e-5,
         early_stopping=False,
         validation_fraction=0.1,
+        keep_best=None,
+        slice_sampling="all",
+        steps_per_epoch=None,
         augmentation=None,
         normalize="zscore",
         preprocessing=None,
@@ -158,6 +166,9 @@ class _BaseFineTuned(
         self.weight_decay = weight_decay
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.keep_best = keep_best
+        self.slice_sampling = slice_sampling
+        self.steps_per_epoch = steps_per_epoch
         self.augmentation = augmentation
         self.normalize = normalize
         self.preprocessing = preprocessing
@@ -286,7 +297,7 @@ class _BaseFineTuned(
         return backbone, added
 
     def _make_head(self, in_features, n_outputs):
-        if self.head == "linear":
+        if self.head in ("linear", "official"):
             head = nn.Linear(in_features, n_outputs)
             nn.init.zeros_(head.bias)
             return head
@@ -297,6 +308,19 @@ class _BaseFineTuned(
                 f"{type(head).__name__}."
             )
         return head
+
+    def _official_classifier(self, backbone, head):
+        """The official WSP classifier mode: TinyNet fc1, ResNet last_bn."""
+        source = self._source()
+        hidden = None
+        if source is not None and not hasattr(source, "_finetune_encoder"):
+            projection = getattr(_bare(source), "head", None)
+            hidden = getattr(projection, "hidden_representation", None)
+            if hidden is not None:
+                hidden = copy.deepcopy(hidden)  # never train the pretrainer's
+                if self.init == "random":
+                    hidden.reset_parameters()
+        return official_classifier(backbone, head, hidden)
 
     def _frozen_blocks(self, backbone, added):
         freeze = self.freeze
@@ -333,6 +357,9 @@ class _BaseFineTuned(
         if self.freeze == "backbone":
             frozen = ("",)  # the whole backbone (but the added layers) in eval mode
         head = self._make_head(backbone.out_features, self._n_outputs())
+        if self.head == "official":
+            head, more = self._official_classifier(backbone, head)
+            added = (*added, *more)
         kwargs = {"backbone": backbone, "head": head, "frozen": frozen, "added": added}
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.initialized_instance(self.module, kwargs)
@@ -363,7 +390,7 @@ class _BaseFineTuned(
     def initialize(self):
         super().initialize()
         self.augment_ = make_augmentation(self.augmentation)
-        self.normalizer_ = ZScore() if self.normalize == "zscore" else None
+        self.normalizer_ = make_normalizer(self.normalize)
         return self
 
     def get_default_callbacks(self):
@@ -373,6 +400,11 @@ class _BaseFineTuned(
         ]
         if self.verbose:
             callbacks.insert(len(callbacks) - 2, ("progress_bar", StepProgressBar()))
+        if self.keep_best is not None:
+            # before the log, which prints what it records
+            names = [name for name, _ in callbacks]
+            at = names.index("print_log") if "print_log" in names else len(names)
+            callbacks.insert(at, ("keep_best", BestValidCheckpoint(self.keep_best)))
         if self.lr_schedule == "cosine":
             schedule = LRScheduler(
                 policy="CosineAnnealingLR", T_max=max(1, self.max_epochs), eta_min=0
@@ -380,9 +412,17 @@ class _BaseFineTuned(
             callbacks.append(("lr_scheduler", schedule))
         patience = _patience(self.early_stopping)
         if patience:
-            stopper = EarlyStopping(
-                monitor="valid_loss", patience=patience, load_best=True
-            )
+            if self.keep_best is None:
+                stopper = EarlyStopping(
+                    monitor="valid_loss", patience=patience, load_best=True
+                )
+            else:  # same score; keep_best restores the best weights
+                stopper = EarlyStopping(
+                    monitor=self.keep_best,
+                    patience=patience,
+                    lower_is_better=self.keep_best == "valid_loss",
+                    load_best=False,
+                )
             callbacks.append(("early_stopping", stopper))
         return callbacks
 
@@ -395,7 +435,8 @@ class _BaseFineTuned(
         return super().set_params(**kwargs)
 
     def get_split_datasets(self, X, y=None, **fit_params):
-        if self.train_split is not None or not _patience(self.early_stopping):
+        held_out = _patience(self.early_stopping) or self.keep_best is not None
+        if self.train_split is not None or not held_out:
             return super().get_split_datasets(X, y, **fit_params)
         dataset = self.get_dataset(X, y)
         stratified = isinstance(self, ClassifierMixin)
@@ -416,6 +457,17 @@ class _BaseFineTuned(
         kwargs.setdefault("batch_size", self.batch_size)
         if kwargs["batch_size"] == -1:
             kwargs["batch_size"] = len(dataset)
+        if training and self.slice_sampling == "balanced":
+            sampler = balanced_slice_sampler(
+                dataset,
+                kwargs.pop("batch_size"),
+                self.steps_per_epoch,
+                balanced=isinstance(self, ClassifierMixin),
+            )
+            for key in ("shuffle", "drop_last", "sampler"):
+                kwargs.pop(key, None)
+            loader_defaults(kwargs, dataset, self.device)
+            return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
         if training:
             size = kwargs["batch_size"]
             kwargs.setdefault("shuffle", True)
@@ -432,6 +484,10 @@ class _BaseFineTuned(
     def _prepare(self, x):
         """Batch to device, channel axis for tabular input, resize, z-score."""
         x = to_tensor(x, device=self.device)
+        # the official WSP uint8 cast comes first (the resize is linear)
+        early = self.normalize == "uint8" and self.normalizer_ is not None
+        if early:
+            x = self.normalizer_(x)
         if x.ndim == 2:
             x = x[:, None, :]
         size = (self.slicing_ or {}).get("size")
@@ -443,7 +499,7 @@ class _BaseFineTuned(
                 align_corners=False,
                 antialias=min(x.shape[-2:]) > size,
             )
-        if self.normalizer_ is not None:
+        if self.normalizer_ is not None and not early:
             x = self.normalizer_(x)
         return x
 
@@ -489,6 +545,7 @@ class _BaseFineTuned(
         source = self._source() if reset else None
         self._missing_y(y)
         if reset:
+            self._check_recipe_params()
             if self.pooling != "auto" and not hasattr(source, "_finetune_encoder"):
                 what = (
                     "training from scratch"
@@ -511,6 +568,12 @@ class _BaseFineTuned(
             if source is not None:
                 self._check_source_input(source)
             self.slicing_ = self._slice_geometry(source)
+            if self.slice_sampling == "balanced" and self.slicing_ is None:
+                raise ValueError(
+                    "slice_sampling='balanced' draws slices of volumes: it "
+                    "needs slice inputs (a WSP encoder with a 2-D backbone as "
+                    "pretrained); use slice_sampling='all'."
+                )
             if self.slicing_ is not None and target.ndim != 1:
                 raise ValueError(
                     "Slice inputs (a WSP encoder) take one target per volume, "
@@ -546,6 +609,13 @@ class _BaseFineTuned(
 
     def _set_class_weight(self, target):
         pass
+
+    def _check_recipe_params(self):
+        if self.keep_best == "valid_auc" and not isinstance(self, ClassifierMixin):
+            raise ValueError(
+                f"keep_best='valid_auc' scores class probabilities; use "
+                f"keep_best='valid_loss' or None for a {type(self).__name__}."
+            )
 
     def _outputs(self, X):
         """Network outputs per sample; per volume (n, n_kept, k) for slices."""

@@ -12,6 +12,7 @@ from skorch.callbacks import LRScheduler
 from skorch.dataset import Dataset
 from skorch.utils import to_tensor
 
+from ..augment._scaling import NORMALIZE_OPTIONS, make_normalizer
 from ..data import VolumeDataset, check_volumes
 from ..data._loading import loader_defaults
 from ..data._slices import (
@@ -28,6 +29,7 @@ from ._yaware import _COMMON_ATTRS_DOC
 __all__ = ["WSPPretrainer"]
 
 AGGREGATES = ("mean", "max", "none")
+BALANCE_ON = ("weak_labels", "scores")
 
 
 class WSPPretrainer(BaseContrastivePretrainer):
@@ -46,12 +48,17 @@ class WSPPretrainer(BaseContrastivePretrainer):
     :func:`~sklearn_cl3d.data.central_slice_range`) and the k-th kept slice has
     position ``k / n_kept`` (in [0, 1), relative to the kept block, array
     order). Slices are resized on the device to ``slice_size`` squared
-    (bilinear, antialiased when shrinking), then z-scored.
+    (bilinear, antialiased when shrinking), then z-scored (``normalize``;
+    ``"uint8"`` is the official ``uint8 / 250`` input, applied before the
+    resizing).
 
     **Batches.** As the official sampler: a batch holds one uniformly drawn
     slice from each of ``batch_size`` distinct volumes, drawn with
     probability proportional to 1 / (count of the volume's weak label)
-    (``balanced=True``). An epoch is ``steps_per_epoch`` such batches.
+    (``balanced=True``), or of its raw score (``balance_on="scores"`` and
+    ``scores`` given to ``fit``, as the official sampler, which balances on
+    the 5-level score the binary weak label is derived from). An epoch is
+    ``steps_per_epoch`` such batches.
 
     **Output.** ``transform`` encodes every kept slice of each volume and
     aggregates the slice features per volume (``aggregate="mean"``: one row
@@ -103,6 +110,12 @@ callable, default="rbf"
         How ``transform`` combines the slice features of a volume.
     balanced : bool, default=True
         Class-balanced volume draws (probability 1 / count of the label).
+    balance_on : {{"weak_labels", "scores"}}, default="weak_labels"
+        What ``balanced`` balances: the weak labels, or the ``scores``
+        given to ``fit`` (the official sampler balances on the raw
+        radiological score, e.g. 5 levels, while the weak label is binary).
+        With ``"scores"`` and no ``scores`` in ``fit``, the weak labels are
+        used.
     steps_per_epoch : int or None, default=None
         Batches per epoch; None means ``n_volumes // batch_size`` (at least
         1), so each volume is drawn about once per epoch. The official
@@ -126,11 +139,15 @@ default="tinynet"
         Views: ``"wsp"`` is the official pipeline (horizontal and vertical
         flips, resized crop of area 0.7, translation up to 20 %, rotation up
         to 30 degrees, each with probability 0.5).
-    normalize : {{"zscore"}} or None, default="zscore"
-        Per-slice z-scoring after resizing. (The official code instead
-        divides 0-255 windowed intensities by 250; window CT with
-        :class:`~sklearn_cl3d.data.HUWindow` and pass ``normalize=None`` to
-        mimic it.)
+    normalize : {{"zscore", "uint8"}} or None, default="zscore"
+        Input intensities. ``"zscore"``: per-slice z-scoring after resizing.
+        ``"uint8"``: the official input, intensities truncated to the
+        integers 0-255 (clipped) and divided by 250, before resizing; the
+        volumes must already be windowed to 0-255, as the official data.
+        This also sets what the views fill uncovered pixels with: the
+        ``"wsp"`` views fill with 0, the slice mean after a z-score but
+        black (0) in ``uint8 / 250``, as the official kornia pipeline.
+        None: the intensities as given.
     lr : float, default=1e-5
         Learning rate (official).
     weight_decay : float, default=1e-5
@@ -152,6 +169,9 @@ default="tinynet"
         The distinct weak labels seen in ``fit`` (None without labels).
     n_kept_ : int
         Kept slices per volume in ``fit`` (1 for tabular X).
+    balance_labels_ : {{"weak_labels", "scores"}} or None
+        What the sampler balanced on in the last ``fit`` (None: uniform
+        volume draws).
     slice_positions_ : ndarray of shape (n_kept,)
         Positions ``k / n_kept`` of the kept slices in ``fit``.
 
@@ -196,6 +216,8 @@ default="tinynet"
         "slice_size": [Interval(Integral, 1, None, closed="left"), None],
         "aggregate": [StrOptions(set(AGGREGATES))],
         "balanced": ["boolean"],
+        "balance_on": [StrOptions(set(BALANCE_ON))],
+        "normalize": [StrOptions(set(NORMALIZE_OPTIONS)), None],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
         "lr_schedule": [StrOptions({"cosine"}), None],
     }
@@ -213,6 +235,7 @@ default="tinynet"
         slice_size=512,
         aggregate="mean",
         balanced=True,
+        balance_on="weak_labels",
         steps_per_epoch=None,
         lr_schedule="cosine",
         backbone="tinynet",
@@ -242,6 +265,7 @@ default="tinynet"
         self.slice_size = slice_size
         self.aggregate = aggregate
         self.balanced = balanced
+        self.balance_on = balance_on
         self.steps_per_epoch = steps_per_epoch
         self.lr_schedule = lr_schedule
 
@@ -263,6 +287,11 @@ default="tinynet"
         tags = super().__sklearn_tags__()
         tags.target_tags.required = bool(self.use_labels)
         return tags
+
+    def initialize(self):
+        super().initialize()
+        self.normalizer_ = make_normalizer(self.normalize)
+        return self
 
     def get_default_callbacks(self):
         callbacks = super().get_default_callbacks()
@@ -347,6 +376,10 @@ default="tinynet"
         if labels is None:
             labels, name = y, "y"
         self.__dict__["_fit_positions"] = fit_params.pop("positions", None)
+        scores = fit_params.pop("scores", None)
+        if scores is not None:
+            _, scores = encode_weak_labels(scores, n_samples, "scores")
+        self.__dict__["_fit_scores"] = scores
         if not self.use_labels:
             self.weak_classes_ = None
             return None
@@ -379,6 +412,11 @@ default="tinynet"
             self.slice_positions_ = ds.positions
             return ds
         # tabular rows are slices: target = [label, *position]
+        if self.__dict__.get("_fit_scores") is not None:
+            raise ValueError(
+                "scores balance the volume draws of the slice sampler; pass "
+                "scores only with volumes, not with 2-D (tabular) X."
+            )
         n = len(X)
         labels = np.zeros(n, np.float32) if y is None else np.asarray(y, np.float32)
         positions = self.__dict__.get("_fit_positions")
@@ -400,12 +438,23 @@ default="tinynet"
             kwargs.pop(key, None)
         batch_size = min(self.batch_size, dataset.n_volumes)
         steps = self.steps_per_epoch or max(1, dataset.n_volumes // batch_size)
+        labels, self.balance_labels_ = dataset.labels, "weak_labels"
+        scores = self.__dict__.get("_fit_scores")
+        if self.balance_on == "scores" and scores is not None:
+            if len(scores) != dataset.n_volumes:
+                raise ValueError(
+                    f"scores has {len(scores)} entries but there are "
+                    f"{dataset.n_volumes} volumes."
+                )
+            labels, self.balance_labels_ = scores, "scores"
+        if labels is None or not self.balanced:
+            self.balance_labels_ = None
         sampler = BalancedVolumeBatchSampler(
             dataset.n_volumes,
             dataset.n_kept,
             batch_size=batch_size,
             n_batches=steps,
-            labels=dataset.labels,
+            labels=labels,
             balanced=self.balanced,
         )
         loader_defaults(kwargs, dataset, self.device)
@@ -413,6 +462,11 @@ default="tinynet"
 
     def _prepare(self, x):
         x = self._to_device(x)
+        # the official uint8 cast comes before anything else; the resize is
+        # linear, so dividing by 250 before or after it is the same
+        early = self.normalize == "uint8" and self.normalizer_ is not None
+        if early:
+            x = self.normalizer_(x)
         if x.ndim == 2:
             x = x[:, None, :]
         elif (
@@ -427,7 +481,7 @@ default="tinynet"
                 align_corners=False,
                 antialias=shrink,
             )
-        if self.normalizer_ is not None:
+        if self.normalizer_ is not None and not early:
             x = self.normalizer_(x)
         return x
 
@@ -445,7 +499,9 @@ default="tinynet"
 
     # ------------------------------------------------------ public API
 
-    def fit(self, X, y=None, weak_labels=None, positions=None, **fit_params):
+    def fit(
+        self, X, y=None, weak_labels=None, positions=None, scores=None, **fit_params
+    ):
         """Pretrain on the slices of volumes X with weak labels.
 
         Parameters
@@ -459,6 +515,10 @@ default="tinynet"
             Discrete weak label per volume; wins over ``y``.
         positions : array-like of shape (n,) or (n, k), default=None
             Positions of tabular rows (2-D X only).
+        scores : array-like of shape (n,), default=None
+            Discrete raw score per volume (e.g. the 5-level radiological
+            score the weak label is binarised from); the sampler balances
+            on it with ``balance_on="scores"``.
         **fit_params : dict
             Passed to the network's forward call.
 
@@ -471,13 +531,23 @@ default="tinynet"
             fit_params["weak_labels"] = weak_labels
         if positions is not None:
             fit_params["positions"] = positions
+        if scores is not None:
+            fit_params["scores"] = scores
         try:
             return self._fit(X, y, fit_params, partial=False)
         finally:
             self.__dict__.pop("_fit_positions", None)
+            self.__dict__.pop("_fit_scores", None)
 
     def partial_fit(
-        self, X, y=None, classes=None, weak_labels=None, positions=None, **fit_params
+        self,
+        X,
+        y=None,
+        classes=None,
+        weak_labels=None,
+        positions=None,
+        scores=None,
+        **fit_params,
     ):
         """Continue pretraining for ``max_epochs`` epochs.
 
@@ -493,6 +563,10 @@ default="tinynet"
             Discrete weak labels; win over ``y``.
         positions : array-like of shape (n,) or (n, k), default=None
             Positions of tabular rows (2-D X only).
+        scores : array-like of shape (n,), default=None
+            Discrete raw score per volume (e.g. the 5-level radiological
+            score the weak label is binarised from); the sampler balances
+            on it with ``balance_on="scores"``.
         **fit_params : dict
             Passed to the network's forward call.
 
@@ -504,10 +578,13 @@ default="tinynet"
             fit_params["weak_labels"] = weak_labels
         if positions is not None:
             fit_params["positions"] = positions
+        if scores is not None:
+            fit_params["scores"] = scores
         try:
             return self._fit(X, y, fit_params, partial=True)
         finally:
             self.__dict__.pop("_fit_positions", None)
+            self.__dict__.pop("_fit_scores", None)
 
     def transform(self, X):
         """Encode the kept slices of each volume and aggregate them.

@@ -251,11 +251,16 @@ class ResNet2D(nn.Module):
         ``widths[0]`` channels and the output dimension is ``widths[-1]``.
     dropout : float, default=0.1
         Dropout probability after each stage (active in training mode only).
+    final_norm : bool, default=False
+        Add ``last_bn``, a BatchNorm on the last feature map before the
+        pooling: the official classifier mode (its encoder mode has none).
 
     Attributes
     ----------
     out_features : int
         Output dimension, ``widths[-1]``.
+    last_bn : torch.nn.BatchNorm2d or None
+        The final BatchNorm (``final_norm``).
 
     Examples
     --------
@@ -274,6 +279,7 @@ class ResNet2D(nn.Module):
         blocks: Sequence[int] = (2, 2, 2, 2),
         widths: Sequence[int] = (64, 128, 256, 512),
         dropout: float = 0.1,
+        final_norm: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels = _check_positive_int(in_channels, "in_channels")
@@ -304,6 +310,7 @@ class ResNet2D(nn.Module):
             self.add_module(f"drop{i + 1}", nn.Dropout(self.dropout))
             prev = width
         self.out_features = int(self.widths[-1])
+        self.last_bn = nn.BatchNorm2d(self.out_features) if final_norm else None
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -316,7 +323,11 @@ class ResNet2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return pooled features of shape ``(n, out_features)``."""
-        return F.adaptive_avg_pool2d(self.forward_features(x), 1).flatten(1)
+        x = self.forward_features(x)
+        norm = getattr(self, "last_bn", None)  # absent from older pickles
+        if norm is not None:
+            x = norm(x)
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
 def resnet18_2d(

@@ -1,11 +1,15 @@
 """The network of fine-tuning: a backbone, its successive blocks (what
-``freeze=k`` freezes) and a task head."""
+``freeze=k`` freezes), a task head, and the classifier mode of the official
+WSP networks."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["FineTuneNetwork", "backbone_blocks"]
+from ._2d import ResNet2D, TinyNet2D
+
+__all__ = ["FineTuneNetwork", "backbone_blocks", "official_classifier"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -112,3 +116,75 @@ class FineTuneNetwork(nn.Module):
     def forward(self, x):
         """Return the head's output for the batch ``x``."""
         return self.head(self.backbone(x))
+
+
+#: Width of the official TinyNet fc1 (config.py: 512 -> 256 -> 128).
+_TINYNET_HIDDEN = 256
+
+
+def official_classifier(backbone, head, hidden=None):
+    """The classifier mode of the official WSP networks.
+
+    The official code fine-tunes its network in "classifier" mode and copies
+    every pretrained weight whose name and shape match:
+
+    - after a :class:`~sklearn_cl3d.nn.TinyNet2D`, the classifier is
+      ``fc1 -> ReLU -> fc2``, where ``fc1`` is the first layer of the
+      pretraining's projection head (kept) and ``fc2`` the new class layer;
+    - after a :class:`~sklearn_cl3d.nn.ResNet2D`, a BatchNorm on the last
+      feature map (``last_bn``) comes before the pooling and the new linear
+      layer. The pretraining's encoder mode never runs ``last_bn``, so the
+      "pretrained" one is a fresh BatchNorm (the identity at start).
+
+    Any other backbone keeps ``head``.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        The (pretrained) backbone; a ResNet2D gets ``last_bn`` in place.
+    head : torch.nn.Linear
+        The new class layer, ``backbone.out_features -> n_outputs``.
+    hidden : torch.nn.Linear or None, default=None
+        The pretrained ``fc1`` (the projection head's first layer) for a
+        TinyNet; None builds a fresh one of width 256 (the official
+        configuration's).
+
+    Returns
+    -------
+    head : torch.nn.Module
+        The task head.
+    added : tuple of str
+        Names of the layers added to the backbone (``("last_bn",)`` for a
+        ResNet2D).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.nn import TinyNet2D
+    >>> net = TinyNet2D(rep_dim=8)
+    >>> head, added = official_classifier(net, torch.nn.Linear(8, 2))
+    >>> head
+    Sequential(
+      (0): Linear(in_features=8, out_features=256, bias=True)
+      (1): ReLU()
+      (2): Linear(in_features=256, out_features=2, bias=True)
+    )
+    """
+    if isinstance(backbone, TinyNet2D):
+        if hidden is None:
+            hidden = nn.Linear(backbone.out_features, _TINYNET_HIDDEN)
+            nn.init.zeros_(hidden.bias)
+        n_outputs = head.out_features
+        fc2 = nn.Linear(hidden.out_features, n_outputs)
+        nn.init.zeros_(fc2.bias)
+        if isinstance(head, nn.Linear):
+            fc2.to(head.weight.device)
+        return nn.Sequential(hidden, nn.ReLU(), fc2), ()
+    if isinstance(backbone, ResNet2D):
+        if getattr(backbone, "last_bn", None) is not None:
+            return head, ()
+        norm = nn.BatchNorm2d(backbone.out_features)
+        device = next(backbone.parameters(), torch.empty(0)).device
+        backbone.last_bn = norm.to(device)
+        return head, ("last_bn",)
+    return head, ()
