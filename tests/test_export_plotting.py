@@ -119,7 +119,7 @@ def test_export_errors(fitted, data, tmp_path):
     with pytest.raises(NotFittedError):
         export(YAwarePretrainer(**TINY), tmp_path / "x.pt")
     for est in (WSPPretrainer(), GlobalLocalPretrainer(), DrasCLREncoder()):
-        with pytest.raises(TypeError, match="slices or"):
+        with pytest.raises(NotFittedError):
             export(est, tmp_path / "x.pt")
     with pytest.raises(TypeError, match="pretrainer"):
         export(PCA(), tmp_path / "x.pt")
@@ -136,7 +136,7 @@ def test_export_detects_a_mismatch(fitted, tmp_path, monkeypatch):
         return original(self, x) + 1.0
 
     monkeypatch.setattr(ex._ExportedEncoder, "forward", shifted)
-    with pytest.raises(ValueError, match="does not reproduce transform"):
+    with pytest.raises(ValueError, match="does not reproduce"):
         export(fitted, tmp_path / "bad.pt")
 
 
