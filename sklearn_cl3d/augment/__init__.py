@@ -8,7 +8,9 @@ dtype and device. The in-plane geometric operations (:class:`AxisFlip`,
 reproduce the 2-D augmentations of the official WSP code;
 :class:`RandomBrightnessContrast` and :class:`RandomCropResize` are the views
 of global-local contrastive pretraining, :class:`RandomAffine3D` and
-:class:`RandomContrast` (a gamma curve) those of DrasCLR.
+:class:`RandomContrast` (a gamma curve) those of DrasCLR;
+:class:`SegmentationAugment` transforms images and label maps together
+(segmentation fine-tuning).
 :func:`make_augmentation` builds the pipelines of the official y-Aware and
 WSP code from their names.
 """
@@ -17,6 +19,7 @@ from ._affine import AxisFlip, RandomAreaCrop, RandomRotate, RandomTranslate
 from ._drasclr import RandomAffine3D, RandomContrast
 from ._intensity import RandomBrightnessContrast, RandomCropResize
 from ._presets import AUGMENTATION_PRESETS, make_augmentation
+from ._segmentation import SegmentationAugment
 from ._transforms import (
     Compose,
     Cutout,
@@ -43,6 +46,7 @@ __all__ = [
     "RandomCropResize",
     "RandomAffine3D",
     "RandomContrast",
+    "SegmentationAugment",
     "RandomApply",
     "Compose",
     "make_augmentation",

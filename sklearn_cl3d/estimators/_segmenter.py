@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import math
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
+    RealNotInt,
     StrOptions,
 )
 from skorch import NeuralNet
@@ -20,15 +18,13 @@ from skorch.dataset import Dataset, unpack_data
 from skorch.utils import to_tensor
 
 from ..callbacks import StopOnNonFiniteLoss
-from ..data import check_volumes
-from ..data._percentile import PercentileScaling
-from ..data._slices import segmentation_items
 from ..data._validation import check_masks
 from ..losses import DiceCELoss
 from ..metrics import dice_scores
 from ..nn import UNet
-from ._base import MEMORY_FORMATS, BaseContrastivePretrainer
-from ._globallocal import GlobalLocalPretrainer
+from ._base import MEMORY_FORMATS
+from ._segmenter_data import SegmenterDataMixin
+from ._segmenter_training import SegmenterTrainingMixin, segmentation_augment
 from ._skorch import (
     DevicePlumbingMixin,
     PretrainedByReferenceMixin,
@@ -42,7 +38,12 @@ __all__ = ["ContrastiveSegmenter"]
 
 
 class ContrastiveSegmenter(
-    PretrainedByReferenceMixin, DevicePlumbingMixin, SkorchEstimatorMixin, NeuralNet
+    SegmenterTrainingMixin,
+    SegmenterDataMixin,
+    PretrainedByReferenceMixin,
+    DevicePlumbingMixin,
+    SkorchEstimatorMixin,
+    NeuralNet,
 ):
     """Segmentation U-Net fine-tuned from global-local pretraining.
 
@@ -107,9 +108,34 @@ class ContrastiveSegmenter(
         Learning rate (official).
     weight_decay : float, default=0.0
     max_epochs : int, default=100
-        Epochs over the labelled slices (volumes in 3-D mode).
+        Epochs over the labelled slices (volumes in 3-D mode); ignored when
+        ``n_iterations`` is set.
+    n_iterations : int or None, default=None
+        Train for this many steps instead of ``max_epochs`` epochs (one
+        epoch in the history), each on ``batch_size`` items drawn uniformly
+        with replacement from all labelled slices (volumes), as the official
+        code (10 001 steps).
     batch_size : int, default=20
         Slices (volumes) per step (the official ``mtask_bs`` is 20).
+    augmentation : {"official"}, callable or None, default=None
+        Training augmentation of each batch, on the device, after the resize
+        to the network size: ``"official"`` is
+        :class:`~sklearn_cl3d.augment.SegmentationAugment` (rotation, zoom,
+        flip or rotation by a multiple of 45 degrees, then an elastic
+        deformation of a random tail of the batch; masks resampled with
+        nearest-neighbour); a callable ``f(x, labels, generator=...)``
+        returns the transformed ``(x, labels)``. None: no augmentation.
+    validation_fraction : float, int or None, default=None
+        Hold out this fraction (float in (0, 1)) or number (int) of the
+        labelled volumes of ``fit``, drawn with ``random_state``, to choose
+        the checkpoint: the validation Dice (mean foreground Dice of
+        :meth:`score`) is computed after the first training step and every
+        ``validation_interval`` steps after it and after the last one, and
+        the weights with the best score are kept at the end of ``fit``
+        (official: 2 validation volumes). ``X_val, y_val`` given to ``fit``
+        are used instead. None: no checkpoint selection (the last weights).
+    validation_interval : int, default=50
+        Training steps between two validations (official: 50).
     device : str, default="auto"
         ``"auto"``: CUDA when available, else the CPU.
     precision : {"auto", "fp32", "bf16"}, default="auto"
@@ -147,6 +173,15 @@ class ContrastiveSegmenter(
     input_shape_ : tuple of int
         (C, D, H, W) of the volumes seen in ``fit``.
     history_ : skorch.History
+        With validation volumes, the ``"valid_dice"`` of each validated
+        step is in its batch row.
+    validation_scores_ : list of (int, float)
+        With validation volumes: (training step, validation Dice) of every
+        validation of the last ``fit``/``partial_fit`` call.
+    best_iteration_ : int
+        With validation volumes: the step whose weights were kept.
+    best_validation_score_ : float
+        Its validation Dice.
     device_ : str
 
     See Also
@@ -156,10 +191,15 @@ class ContrastiveSegmenter(
 
     Notes
     -----
-    Deviations from the official fine-tuning: no data augmentation (the
-    official code uses rotations, scaling, flips and elastic deformations),
-    no best-checkpoint selection on validation volumes (use skorch
-    callbacks), and the default loss adds cross-entropy to the Dice loss.
+    The defaults differ from the official fine-tuning, whose recipe
+    (``official_protocol("globallocal").apply(ContrastiveSegmenter(...))``,
+    see :mod:`sklearn_cl3d.protocols`) sets 10 001 iterations
+    (``n_iterations``), the Dice loss only (``ce_weight=0``), the official
+    augmentation and the best checkpoint by validation Dice every 50 steps
+    on 2 held-out volumes. By default: ``max_epochs`` epochs, Dice + CE, no
+    augmentation, the last weights. The official code also one-hot encodes
+    the masks and warps them bilinearly in its elastic deformation (soft
+    labels); here labels are warped with nearest-neighbour.
 
     Examples
     --------
@@ -176,7 +216,13 @@ class ContrastiveSegmenter(
     True
     """
 
-    _transient_attributes = ("_compiled_module", "_source_cache")
+    _transient_attributes = (
+        "_aug_generator",
+        "_compiled_module",
+        "_source_cache",
+        "_validation_data",
+        "_best_state",
+    )
 
     _parameter_constraints = {
         "n_classes": [Interval(Integral, 2, None, closed="left"), None],
@@ -193,7 +239,15 @@ class ContrastiveSegmenter(
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "n_iterations": [Interval(Integral, 1, None, closed="left"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "augmentation": [StrOptions({"official"}), callable, None],
+        "validation_fraction": [
+            Interval(RealNotInt, 0, 1, closed="neither"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
+        "validation_interval": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device, None],
         "precision": [StrOptions({"auto", "fp32", "bf16"})],
         "memory_format": [StrOptions(set(MEMORY_FORMATS))],
@@ -221,7 +275,11 @@ class ContrastiveSegmenter(
         lr=1e-3,
         weight_decay=0.0,
         max_epochs=100,
+        n_iterations=None,
         batch_size=20,
+        augmentation=None,
+        validation_fraction=None,
+        validation_interval=50,
         device="auto",
         precision="auto",
         memory_format="auto",
@@ -258,12 +316,14 @@ class ContrastiveSegmenter(
         self.bn_momentum = bn_momentum
         self.include_background = include_background
         self.weight_decay = weight_decay
+        self.n_iterations = n_iterations
+        self.augmentation = augmentation
+        self.validation_fraction = validation_fraction
+        self.validation_interval = validation_interval
         self.precision = precision
         self.memory_format = memory_format
         self.compile = compile
         self.random_state = random_state
-
-    get_iterator = BaseContrastivePretrainer.get_iterator
 
     # ---------------------------------------------------- sklearn plumbing
 
@@ -275,122 +335,6 @@ class ContrastiveSegmenter(
         tags.target_tags.required = True
         return tags
 
-    # ------------------------------------------------------------ source
-
-    def _source(self):
-        """The fitted pretrainer (None without one)."""
-        cached = self.__dict__.get("_source_cache")
-        if cached is not None:
-            return cached
-        source = self.pretrained
-        if source is None:
-            return None
-        if type(source).__name__ == "FrozenEstimator":
-            source = source.estimator
-        if not isinstance(source, GlobalLocalPretrainer):
-            raise ValueError(
-                "pretrained must be a fitted GlobalLocalPretrainer or None; got "
-                f"{type(source).__name__}."
-            )
-        if not getattr(source, "initialized_", False) or not hasattr(
-            source, "network_input_shape_"
-        ):
-            raise NotFittedError(
-                "The pretrained GlobalLocalPretrainer is not fitted: fit it on "
-                "unlabelled volumes first (fine-tuning never fits it)."
-            )
-        return source
-
-    def _geometry(self, source, sample_shape):
-        """Network and slicing configuration for volumes of ``sample_shape``."""
-        if source is not None:
-            dims, channels = int(source.dims), tuple(source.channels)
-            axis, normalize = source.slice_axis, source.normalize
-            plane = tuple(source.network_input_shape_[-2:])
-        else:
-            dims, channels = int(self.dims), tuple(self.channels)
-            axis, normalize = self.slice_axis, self.normalize
-            plane = None if self.slice_size is None else (self.slice_size,) * 2
-        multiple = 2 ** (len(channels) - 1)
-        if len(channels) < 2:
-            raise ValueError(f"channels must list at least 2 levels; got {channels!r}.")
-        axis %= 3
-        n_slices = sample_shape[1 + axis]
-        if plane is None:
-            plane = tuple(s for a, s in enumerate(sample_shape[1:]) if a != axis)
-            what = f"slices of size {plane} (slice_size=None)"
-        else:
-            what = f"slice_size={plane[0]}"
-        if any(s % multiple for s in plane):
-            hint = multiple * max(1, round(plane[0] / multiple))
-            raise ValueError(
-                f"{what} is not a multiple of {multiple}, as the U-Net with "
-                f"{len(channels)} encoder levels needs; set slice_size to a "
-                f"multiple of {multiple} (e.g. {hint})."
-            )
-        size = plane
-        if dims == 3:
-            depth = self.volume_depth
-            if depth is None:
-                depth = multiple * math.ceil(n_slices / multiple)
-            elif depth % multiple:
-                raise ValueError(
-                    f"volume_depth={depth} is not a multiple of {multiple}."
-                )
-            size = (depth, *plane)
-        return {
-            "dims": dims,
-            "channels": channels,
-            "slice_axis": axis,
-            "input_size": size,
-            "normalize": normalize,
-        }
-
-    # ------------------------------------------------------------ data
-
-    def _volumes(self, X, *, reset):
-        """Validated float32 volumes (n, C, D, H, W)."""
-        ndim = getattr(X, "ndim", None)
-        if ndim is None:
-            ndim = np.asarray(X).ndim
-        if ndim not in (4, 5):
-            raise ValueError(
-                "X must be an array of volumes (n, D, H, W) or (n, C, D, H, W); "
-                f"got {ndim} dimension(s)."
-            )
-        return check_volumes(self, X, reset=reset)
-
-    @staticmethod
-    def _scale(X, normalize):
-        if normalize != "percentile":
-            return X
-        scaler = PercentileScaling()
-        return np.stack([scaler.apply(v)[0] for v in X])
-
-    def _items(self, X, masks=None):
-        """Network items: slices (2-D) or volumes with the slice axis first."""
-        geo = self.geometry_
-        return segmentation_items(X, masks, geo["slice_axis"], geo["dims"])
-
-    def _resize(self, x, size, mode):
-        if tuple(x.shape[2:]) == tuple(size):
-            return x
-        if mode == "nearest":
-            return F.interpolate(x, size=size, mode="nearest")
-        if x.ndim == 4:
-            return F.interpolate(
-                x,
-                size=size,
-                mode="bilinear",
-                align_corners=False,
-                antialias=min(x.shape[2:]) > min(size),
-            )
-        return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
-
-    def _prepare(self, x):
-        x = self._to_device(x).float()
-        return self._resize(x, self.geometry_["input_size"], "linear")
-
     # ------------------------------------------------------- components
 
     def get_default_callbacks(self):
@@ -401,7 +345,9 @@ class ContrastiveSegmenter(
 
     def initialize(self):
         super().initialize()
+        self.augment_ = segmentation_augment(self.augmentation)
         self.__dict__.pop("_compiled_module", None)
+        self.__dict__.pop("_aug_generator", None)
         return self
 
     def initialize_module(self):
@@ -483,7 +429,7 @@ class ContrastiveSegmenter(
 
     # ------------------------------------------------------ public API
 
-    def _fit(self, X, masks, fit_params, *, partial):
+    def _fit(self, X, masks, fit_params, *, partial, X_val=None, y_val=None):
         self._check_params()
         reset = not (partial or self.warm_start) or not getattr(
             self, "initialized_", False
@@ -507,7 +453,10 @@ class ContrastiveSegmenter(
             self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
         else:
             masks = check_masks(masks, X, self.n_classes_)
+        X, masks, valid = self._split_validation(X, masks, X_val, y_val)
         X = self._scale(X, self.geometry_["normalize"])
+        if valid is not None:
+            valid = (self._scale(valid[0], self.geometry_["normalize"]), valid[1])
         items, targets = self._items(X, masks)
         offset = 0 if reset else len(self.history)
         with self._on_device() as device, self._seeded(offset):
@@ -518,10 +467,17 @@ class ContrastiveSegmenter(
                     self.initialize()
                 finally:
                     self.__dict__.pop("_source_cache", None)
-            NeuralNet.partial_fit(self, Dataset(items, targets), None, **fit_params)
+            epochs = None if self.n_iterations is None else 1
+            self.__dict__["_validation_data"] = valid
+            try:
+                NeuralNet.partial_fit(
+                    self, Dataset(items, targets), None, epochs=epochs, **fit_params
+                )
+            finally:
+                self.__dict__.pop("_validation_data", None)
         return self
 
-    def fit(self, X, y=None, **fit_params):
+    def fit(self, X, y=None, *, X_val=None, y_val=None, **fit_params):
         """Fine-tune (or train from scratch) on labelled volumes.
 
         Parameters
@@ -530,6 +486,9 @@ class ContrastiveSegmenter(
             Labelled volumes.
         y : array-like of int, shape (n, D, H, W)
             Label masks, same spatial shape as the volumes (0 = background).
+        X_val, y_val : array-like, default=None
+            Validation volumes and masks for the checkpoint selection (see
+            ``validation_fraction``, which they replace).
         **fit_params : dict
             Passed to the network's forward call.
 
@@ -538,10 +497,14 @@ class ContrastiveSegmenter(
         self : object
             The fitted estimator.
         """
-        return self._fit(X, y, fit_params, partial=False)
+        return self._fit(X, y, fit_params, partial=False, X_val=X_val, y_val=y_val)
 
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        """Train ``max_epochs`` more epochs (initialise if needed).
+    def partial_fit(
+        self, X, y=None, classes=None, *, X_val=None, y_val=None, **fit_params
+    ):
+        """Train ``max_epochs`` more epochs (``n_iterations`` more steps).
+
+        Initialises the network if needed.
 
         Parameters
         ----------
@@ -549,13 +512,15 @@ class ContrastiveSegmenter(
         y : array-like of int, shape (n, D, H, W)
         classes : None
             Ignored.
+        X_val, y_val : array-like, default=None
+            As in :meth:`fit`.
         **fit_params : dict
 
         Returns
         -------
         self : object
         """
-        return self._fit(X, y, fit_params, partial=True)
+        return self._fit(X, y, fit_params, partial=True, X_val=X_val, y_val=y_val)
 
     def predict_proba(self, X):
         """Class probabilities of every voxel.
@@ -571,16 +536,20 @@ class ContrastiveSegmenter(
         self.check_is_fitted()
         X = self._volumes(X, reset=False)
         X = self._scale(X, self.geometry_["normalize"])
-        items, _ = self._items(X)
         with self._on_device():
-            probs = np.concatenate(
-                [
-                    p.numpy()
-                    for p in self.forward_iter(
-                        Dataset(items, None), training=False, device="cpu"
-                    )
-                ]
-            ).astype(np.float32, copy=False)
+            return self._proba_scaled(X)
+
+    def _proba_scaled(self, X):
+        """``predict_proba`` of validated, scaled volumes (device resolved)."""
+        items, _ = self._items(X)
+        probs = np.concatenate(
+            [
+                p.numpy()
+                for p in self.forward_iter(
+                    Dataset(items, None), training=False, device="cpu"
+                )
+            ]
+        ).astype(np.float32, copy=False)
         axis = self.geometry_["slice_axis"]
         n = X.shape[0]
         if self.geometry_["dims"] == 2:
