@@ -82,8 +82,9 @@ fig.tight_layout()
 # ``results.json`` is saved after every (method, seed). Calling again with
 # the same output folder reads it back: pairs already scored are skipped,
 # so an interrupted run continues where it stopped, and a third seed only
-# fits the third seed of each network. Settings that would change the
-# existing scores (the data, the columns, the numbers of labels, the
+# fits the third seed of each network. A new number of labels only scores
+# its own cells, with the networks read back from ``models/``. Settings
+# that would change the existing scores (the data, the columns, the
 # networks' settings, ...) are refused; ``resume=False`` (``--no-resume``)
 # starts again.
 more = benchmark(**dict(settings, seeds=3))

@@ -91,6 +91,7 @@ def test_tidy_files(table, tmp_path):
     assert sorted(os.listdir(out)) == [
         "differences.csv",
         "label_efficiency.png",
+        "models",  # the pretrained networks, read back on resume
         "results.csv",
         "results.json",
         "summary.csv",
@@ -175,14 +176,70 @@ def test_resume_skips_done_cells(table, tmp_path, fits):
     }
 
 
+def test_resume_adds_label_counts(table, tmp_path, fits, monkeypatch):
+    """New label counts on a finished run: only their cells are scored, the
+    networks are read back, and the scores are a fresh run's."""
+    import sklearn_cl3d.evaluation._benchmark as bench
+
+    scored = []
+    original = bench.label_efficiency
+
+    def counted(methods, X, y, n_labels, **kwargs):
+        scored.append((next(iter(methods)), list(n_labels)))
+        return original(methods, X, y, n_labels, **kwargs)
+
+    monkeypatch.setattr(bench, "label_efficiency", counted)
+    out = tmp_path / "out"
+    kwargs = dict(TINY, seeds=1, methods=["covariates", "random", "yaware"])
+    first = benchmark(table, out_dir=out, **kwargs)
+    assert sorted(fits) == [("SimCLRPretrainer", 0, 0), ("YAwarePretrainer", 1, 0)]
+    assert sorted(os.listdir(out / "models")) == ["random-seed0", "yaware-seed0"]
+
+    fits.clear(), scored.clear()
+    more = benchmark(table, out_dir=out, **dict(kwargs, n_labels=[8, 10, 12]))
+    assert fits == []  # the networks are read back, not pretrained again
+    assert sorted(scored) == sorted(
+        (m, [n]) for m in ("age only", "random network", "y-Aware") for n in (10, 12)
+    )
+    assert more.scores[: len(first.scores)] == first.scores
+    assert len(more.scores) == 3 * len(first.scores)
+    assert more.config["n_labels"] == [8, 10, 12]
+    assert set(pd.read_csv(out / "summary.csv").n_labels) == {8, 10, 12}
+
+    # the same cells as a fresh run with every label count
+    fresh = benchmark(
+        table, out_dir=tmp_path / "fresh", **dict(kwargs, n_labels=[8, 10, 12])
+    )
+
+    def key(r):
+        return (r["method"], r["n_labels"], r["repeat"])
+
+    assert sorted(fresh.scores, key=key) == sorted(more.scores, key=key)
+    # a label count's cells do not depend on the others
+    alone = benchmark(table, out_dir=tmp_path / "alone", **dict(kwargs, n_labels=[10]))
+    assert alone.scores == [r for r in fresh.scores if r["n_labels"] == 10]
+
+    # asking for fewer label counts computes nothing and keeps every row
+    fits.clear(), scored.clear()
+    again = benchmark(table, out_dir=out, **dict(kwargs, n_labels=[10]))
+    assert fits == [] and scored == [] and again.scores == more.scores
+
+
 def test_resume_refuses_other_settings(table, tmp_path, fits):
     out = tmp_path / "out"
     kwargs = dict(TINY, methods=["covariates"])
     benchmark(table, out_dir=out, **kwargs)
-    with pytest.raises(ValueError, match=r"other settings \(n_labels\).*--no-resume"):
-        benchmark(table, out_dir=out, **dict(kwargs, n_labels=[10]))
+    with pytest.raises(ValueError, match=r"other settings \(test_size\).*--no-resume"):
+        benchmark(table, out_dir=out, **dict(kwargs, test_size=0.3))
     with pytest.raises(ValueError, match=r"other settings \(covariates\)"):
         benchmark(table, out_dir=out, **dict(kwargs, covariates=[], methods=["pca"]))
+    # a file of the earlier version (draws over the whole n_labels list)
+    path = out / "results.json"
+    payload = json.loads(path.read_text())
+    del payload["config"]["label_draws"]
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=r"label_draws\).*earlier version"):
+        benchmark(table, out_dir=out, **kwargs)
     # resume=False overwrites
     result = benchmark(table, out_dir=out, resume=False, **dict(kwargs, n_labels=[10]))
     assert {r["n_labels"] for r in result.scores} == {10}

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils import Bunch
+from sklearn.utils import Bunch, check_random_state
 
 from ._label_efficiency import PROTOCOLS, label_efficiency
 from ._methods import _check_seeds
@@ -26,7 +26,12 @@ from ._runs import (
     _pretrain,
     _write_json,
 )
-from ._splits import _resolve_task, label_efficiency_splits
+from ._splits import (
+    _MAX_SEED,
+    _outer_splits,
+    _resolve_task,
+    label_efficiency_splits,
+)
 from ._statistics import paired_differences, summarize
 from ._tables import _COLUMNS, _as_frame
 
@@ -36,13 +41,14 @@ BENCHMARK_METHODS = ("covariates", "pca", "random", "simclr", "yaware")
 _NETWORKS = ("random", "simclr", "yaware")
 _PRETRAIN_ON = ("auto", "unlabelled", "all")
 #: Settings that fix the cells' scores: a results file made with other
-#: values is not extended (methods, seeds, repeats and protocols may grow).
+#: values is not extended (methods, seeds, label counts, repeats and
+#: protocols may grow).
 _FIXED = (
     "cohort",
     "target",
     "proxy",
     "covariates",
-    "n_labels",
+    "label_draws",
     "test_size",
     "task",
     "scoring",
@@ -53,6 +59,13 @@ _FIXED = (
     "random_state",
 )
 _RESULTS = "results.json"
+#: Folder of the pretrained networks, one per (method, seed).
+_MODELS = "models"
+#: How the labelled subjects of a cell are drawn: each label count from its
+#: own seed (``_draw_seed``), so that adding one leaves the others' cells as
+#: they are. Results files without it drew them from one seed for the whole
+#: ``n_labels`` list.
+_LABEL_DRAWS = "one seed per label count"
 
 
 class _InputError(ValueError):
@@ -306,6 +319,49 @@ def _key(row):
             None if seed is None else int(seed))  # fmt: skip
 
 
+def _save_network(est, path, log):
+    """Keep a pretrained network, so that a resumed run scores new cells
+    without pretraining it again."""
+    from ..persistence import save_pretrained
+
+    try:
+        save_pretrained(est, path)
+    except (OSError, ValueError, TypeError) as exc:
+        log(f"  (not saved to {path}: {type(exc).__name__}: {exc})")
+
+
+def _load_network(path, common, log):
+    """The network saved at ``path`` by an earlier call, or None."""
+    from ..persistence import load_pretrained
+
+    if not path.is_dir():
+        return None
+    try:
+        params = {k: common[k] for k in ("device", "verbose") if k in common}
+        return [load_pretrained(path, **params)]
+    except Exception as exc:  # noqa: BLE001 - any failure: pretrain again
+        log(f"  {path} cannot be read back ({type(exc).__name__}: {exc}); "
+            "pretraining again")  # fmt: skip
+        return None
+
+
+def _draw_seed(random_state, n):
+    """Seed of the draws of ``n`` labelled subjects: fixed by ``random_state``
+    and ``n`` alone, whatever the other label counts."""
+    seq = np.random.SeedSequence([int(random_state) % 2**32, int(n)])
+    return int(seq.generate_state(1)[0] % _MAX_SEED)
+
+
+def _previous_n_labels(out, resume):
+    """Label counts of the scores already in ``out/results.json`` (none when
+    it is missing or unreadable: :func:`_load_previous` says why)."""
+    try:
+        rows = json.loads((out / _RESULTS).read_text())["scores"] if resume else []
+        return sorted({int(r["n_labels"]) for r in rows})
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _load_previous(out, config, log):
     """The rows of ``out/results.json`` made with the same settings."""
     path = out / _RESULTS
@@ -324,9 +380,17 @@ def _load_previous(out, config, log):
     mine = json.loads(json.dumps({k: config[k] for k in _FIXED}, default=str))
     differ = [k for k in _FIXED if old.get(k) != mine[k]]
     if differ:
+        why = ""
+        if "label_draws" in differ:
+            why = (
+                " (it was made by an earlier version, whose draws of the labelled "
+                "subjects depended on the whole n_labels list)"
+            )
+        elif "cohort" in differ:
+            why = " (the built-in cohort grows with the largest n_labels, --labels)"
         raise _InputError(
-            f"{path} was made with other settings ({', '.join(differ)}): its cells "
-            "are not comparable. Use another output folder (--out), or "
+            f"{path} was made with other settings ({', '.join(differ)}){why}: its "
+            "cells are not comparable. Use another output folder (--out), or "
             "resume=False (--no-resume) to overwrite it."
         )
     log(f"Resuming from {path}: {len(rows)} scores already there")
@@ -449,9 +513,13 @@ def benchmark(
     are held out and ``n`` subjects drawn from the rest train a probe
     (``StandardScaler`` + logistic or ridge regression) on the method's
     features with the ``covariates`` appended, for each ``n`` in
-    ``n_labels``. Networks are pretrained once per seed; every method sees
-    the same subjects in a given (split, ``n``) cell, so the differences are
-    paired (:func:`paired_differences`, bootstrap over seeds and splits).
+    ``n_labels``. The test sets are those of :func:`label_efficiency` with
+    ``random_state``; the ``n`` training subjects of each label count are
+    drawn from a seed of their own (derived from ``random_state`` and
+    ``n``), so a label count's cells do not depend on the other counts.
+    Networks are pretrained once per seed; every method sees the same
+    subjects in a given (split, ``n``) cell, so the differences are paired
+    (:func:`paired_differences`, bootstrap over seeds and splits).
 
     Methods (``methods``; None runs every one the columns allow):
 
@@ -490,16 +558,22 @@ def benchmark(
     - ``results.json``: the settings, the machine, all of the above and
       the fitting times;
     - ``label_efficiency.png`` (with matplotlib): :func:`plot_label_efficiency`.
+    - ``models/``: the pretrained networks, one folder per (method, seed)
+      (:func:`~sklearn_cl3d.save_pretrained`), read back when a resumed
+      run has new cells for them.
 
     Resume: ``results.json`` is written after every (method, seed). When it
     is there and ``resume`` is True, it is read back; a (method, seed) whose
     scores are all there is skipped (not fitted again), any other is fitted
-    and only its missing scores are added. Methods, seeds, repeats and
-    protocols can so be added to a finished run. Settings that change the
-    scores of existing cells (data, columns, ``n_labels``, ``test_size``,
+    and only its missing cells are computed. Methods, seeds, label counts,
+    repeats and protocols can so be added to a finished run, and give the
+    scores a fresh run with all of them would give. Settings that change
+    the scores of existing cells (data, columns, ``test_size``,
     ``pretrain_on``, the networks' settings, ``random_state``, ...) are
-    refused: use another ``out_dir``, or ``resume=False`` to overwrite. The
-    summaries, differences and plot cover every row of the file.
+    refused: use another ``out_dir``, or ``resume=False`` to overwrite. On
+    the built-in cohort, a label count larger than the file's changes the
+    cohort and is refused too. The summaries, differences and plot cover
+    every row of the file, whichever label counts this call asked for.
 
     Parameters
     ----------
@@ -666,9 +740,11 @@ def benchmark(
         target = "diagnosis" if target is None else target
         proxy = "age" if proxy is None else proxy
         covariates = ("age",) if covariates is None else covariates
+        # a resumed run keeps the cohort of its largest label count
+        largest = max([n_labels[-1], *_previous_n_labels(out, resume)])
         cohort = {
             "n_unlabelled": int(n_unlabelled),
-            "n_labelled": _n_labelled(n_labels[-1], test_size),
+            "n_labelled": _n_labelled(largest, test_size),
             "resolution": resolution,
             "random_state": int(random_state),
         }
@@ -706,6 +782,7 @@ def benchmark(
         "proxy": list(proxy) if proxy else None,
         "covariates": list(covariates),
         "n_labels": n_labels,
+        "label_draws": _LABEL_DRAWS,
         "test_size": test_size,
         "task": task,
         "scoring": scoring
@@ -729,6 +806,9 @@ def benchmark(
     config["pretraining"] = json.loads(json.dumps(config["pretraining"], default=str))
     out.mkdir(parents=True, exist_ok=True)
     previous, fit_seconds = _load_previous(out, config, log) if resume else ([], {})
+    # the file covers the label counts of earlier calls too
+    all_n_labels = sorted({*n_labels, *(int(r["n_labels"]) for r in previous)})
+    config["n_labels"] = all_n_labels
 
     # ------------------------------------------------------------ the data
     if data is None:
@@ -785,6 +865,10 @@ def benchmark(
         )  # fmt: skip
     except ValueError as exc:
         raise _InputError(f"target {target!r} / n_labels (--labels): {exc}") from None
+    # the test sets of label_efficiency with random_state, for every label
+    # count; the labelled subjects of each count are drawn from its own seed
+    split_seed = int(check_random_state(random_state).randint(_MAX_SEED))
+    outer = _outer_splits(y, resolved, n_repeats, test_size, None, split_seed)
     cov = (
         np.column_stack(
             [
@@ -848,19 +932,19 @@ def benchmark(
     for k, (m, seed) in enumerate(units, 1):
         name = names[m]
         protos = [p for p in protocols if p == "linear_probe" or m in _NETWORKS]
-        want = {
-            (name, p, n, r, seed)
-            for p in protos
+        missing = [
+            n
             for n in n_labels
-            for r in range(n_repeats)
-        }
+            if not {(name, p, n, r, seed) for p in protos for r in range(n_repeats)}
+            <= done
+        ]
         at = f"[benchmark {k}/{len(units)}] {name}" + (
             "" if seed is None else f" seed {seed}"
         )
         if not protos:
             log(f"{at}: no protocol applies (fine-tuning is for networks)")
             continue
-        if want <= done:
+        if not missing:
             log(f"{at}: done already, skipped")
             continue
         t = time.perf_counter()
@@ -872,24 +956,31 @@ def benchmark(
             method = VoxelPCA(n_components, random_state=random_state).fit(X_pre)
             fit_seconds.setdefault(name, []).append(time.perf_counter() - t)
         else:
-            method = _pretrain(
-                name, makers[m], [seed], X_pre, z if m == "yaware" else None,
-                quiet, fit_seconds,
-            )  # fmt: skip
-        new = label_efficiency(
-            {name: method},
-            X_lab,
-            y,
-            n_labels,
-            protocols=protos,
-            n_repeats=n_repeats,
-            test_size=test_size,
-            task=resolved,
-            scoring=scoring,
-            covariates=cov,
-            fine_tune_params=fine_tune_params,
-            random_state=random_state,
-        )
+            saved = out / _MODELS / f"{m}-seed{seed}"
+            method = _load_network(saved, common, log) if previous else None
+            if method is None:
+                method = _pretrain(
+                    name, makers[m], [seed], X_pre, z if m == "yaware" else None,
+                    quiet, fit_seconds,
+                )  # fmt: skip
+                _save_network(method[0], saved, log)
+            else:
+                log(f"{at}: network read back from {saved}")
+        new = []
+        for n in missing:
+            new += label_efficiency(
+                {name: method},
+                X_lab,
+                y,
+                [n],
+                protocols=protos,
+                cv=outer,
+                task=resolved,
+                scoring=scoring,
+                covariates=cov,
+                fine_tune_params=fine_tune_params,
+                random_state=_draw_seed(random_state, n),
+            )
         new = [r for r in new if _key(r) not in done]
         rows += new
         done |= {_key(r) for r in new}
@@ -907,7 +998,7 @@ def benchmark(
     summary, differences = _write_outputs(
         out, config, machine, rows, fit_seconds, seconds, log, True
     )
-    _print_tables(summary, differences, n_labels, log)
+    _print_tables(summary, differences, all_n_labels, log)
     scoring_name = rows[0]["scoring"]
     _plot_png(
         rows,
