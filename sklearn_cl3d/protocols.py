@@ -235,6 +235,13 @@ class ProtocolRecipe:
         return "\n".join(lines)
 
 
+def _best_checkpoint(estimator):
+    # the validation AUC needs class probabilities
+    if type(estimator).__name__ == "FineTunedRegressor":
+        return "valid_loss"
+    return "valid_auc"
+
+
 def _ld_negatives(estimator):
     return 4 if getattr(estimator, "local", None) == "LD" else 5
 
@@ -575,14 +582,20 @@ _WSP = ProtocolRecipe(
         Aspect(
             "pretraining",
             "intensity",
-            "uint8 / 250",
-            note="the default z-scores each slice",
+            "uint8 / 250 (also the views' fill value)",
+            "WSPPretrainer",
+            "normalize",
+            "uint8",
+            "default: per-slice z-score",
         ),
         Aspect(
             "pretraining",
             "sampler balance",
             "on the raw 5-level score",
-            note="the default balances on the weak label",
+            "WSPPretrainer",
+            "balance_on",
+            "scores",
+            "given as fit(scores=...); the weak labels otherwise",
         ),
         Aspect(
             "fine-tuning",
@@ -636,15 +649,45 @@ _WSP = ProtocolRecipe(
             "fine-tuning",
             "sampler",
             "one slice per volume, class-balanced",
-            note="the fine-tuner visits every kept slice",
+            "FineTunedClassifier",
+            "slice_sampling",
+            "balanced",
+            "balanced on the target classes; official: on the raw score",
+        ),
+        Aspect(
+            "fine-tuning",
+            "steps per epoch",
+            "10000 // 64 = 156",
+            "FineTunedClassifier",
+            "steps_per_epoch",
+            156,
+            "default: n_volumes // batch_size",
+        ),
+        Aspect(
+            "fine-tuning",
+            "intensity",
+            "uint8 / 250",
+            "FineTunedClassifier",
+            "normalize",
+            "uint8",
         ),
         Aspect(
             "fine-tuning",
             "pretrained layers kept",
             "encoder and TinyNet fc1 (ResNet last_bn)",
-            note="the fine-tuner keeps the encoder only",
+            "FineTunedClassifier",
+            "head",
+            "official",
         ),
-        Aspect("evaluation", "checkpoint", "best validation AUC"),
+        Aspect(
+            "evaluation",
+            "checkpoint",
+            "best validation AUC",
+            "FineTunedClassifier",
+            "keep_best",
+            _best_checkpoint,
+            "held-out validation_fraction; valid_loss for a regressor",
+        ),
         Aspect(
             "evaluation",
             "volume prediction",

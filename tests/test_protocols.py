@@ -5,6 +5,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _wsp_recipe_checks import (
+    check_wsp_balance_on_scores,
+    check_wsp_best_checkpoint,
+    check_wsp_finetuning_sampler,
+    check_wsp_intensity,
+    check_wsp_layers_kept,
+    wsp_tinynet,  # noqa: F401 (a fixture)
+)
 from sklearn.base import clone
 
 import sklearn_cl3d.protocols as protocols
@@ -240,6 +248,8 @@ def check_wsp_finetuning(wsp_source):
     default = FineTunedClassifier(wsp, max_epochs=2, **common).fit(X, y)
     official = official_protocol("wsp").apply(FineTunedClassifier(wsp, **common))
     assert official.max_epochs == 40
+    # fewer steps and 2 of the 4 volumes for the validation AUC
+    official.set_params(steps_per_epoch=2, validation_fraction=0.5)
     short = clone(official).set_params(max_epochs=2).fit(X, y)
     g_def, g_off = default.optimizer_.param_groups[0], short.optimizer_.param_groups[0]
     # lr: constant 1e-4 against a cosine from 1e-5 down to 0 over the epochs
@@ -247,9 +257,16 @@ def check_wsp_finetuning(wsp_source):
     assert g_off["initial_lr"] == 1e-5
     assert g_off["lr"] == pytest.approx(0.0, abs=1e-12)
     assert (g_def["weight_decay"], g_off["weight_decay"]) == (5e-5, 1e-5)
-    # batches per epoch: 4 volumes x 7 slices in batches of 8 against 64
-    assert len(default.history[-1, "batches"]) == 4
-    assert len(short.history[-1, "batches"]) == 1
+    # training slices per batch: 8 against one of each of the 2 volumes left
+    # by the validation split (64 capped); see check_wsp_finetuning_sampler
+    sizes = [b["train_batch_size"] for b in default.history[-1, "batches"]]
+    assert sizes == [8, 8, 8, 4]
+    sizes = [
+        b["train_batch_size"]
+        for b in short.history[-1, "batches"]
+        if "train_batch_size" in b
+    ]
+    assert sizes == [2, 2]
     # the WSP views are applied in training
     assert default.augment_ is None and short.augment_ is not None
     x = torch.rand(4, 1, 24, 24)
@@ -293,6 +310,25 @@ BEHAVIOUR = {
         check_segmenter_dice_only()
     ),
     ("wsp", "WSPPretrainer", "steps_per_epoch"): lambda r: check_wsp_steps(),
+    ("wsp", "WSPPretrainer", "normalize"): lambda r: check_wsp_intensity(),
+    ("wsp", "WSPPretrainer", "balance_on"): lambda r: check_wsp_balance_on_scores(
+        r.getfixturevalue("monkeypatch")
+    ),
+    **{
+        ("wsp", "FineTunedClassifier", p): lambda r: check_wsp_finetuning_sampler(
+            r.getfixturevalue("wsp_source")
+        )
+        for p in ("slice_sampling", "steps_per_epoch")
+    },
+    ("wsp", "FineTunedClassifier", "normalize"): lambda r: check_wsp_intensity(
+        finetuner=r.getfixturevalue("wsp_source")
+    ),
+    ("wsp", "FineTunedClassifier", "head"): lambda r: check_wsp_layers_kept(
+        r.getfixturevalue("wsp_source"), r.getfixturevalue("wsp_tinynet")
+    ),
+    ("wsp", "FineTunedClassifier", "keep_best"): lambda r: check_wsp_best_checkpoint(
+        r.getfixturevalue("wsp_source"), r.getfixturevalue("monkeypatch")
+    ),
     **{
         ("wsp", "FineTunedClassifier", p): lambda r: check_wsp_finetuning(
             r.getfixturevalue("wsp_source")
