@@ -160,6 +160,13 @@ class GlobalLocalPretrainer(BaseContrastivePretrainer):
         Batches per epoch; None means ``n_volumes // m`` (at least 1), about
         one draw per volume and epoch. The official runs are 10 001 steps per
         stage.
+    n_iterations : int or None, default=None
+        Training steps of the global stage (one epoch of ``n_iterations``
+        batches; ``max_epochs`` and ``steps_per_epoch`` are then ignored for
+        it). Official: 10 001.
+    local_iterations : int or None, default=None
+        The same for the local stage (``local_epochs`` ignored); None uses
+        ``n_iterations``.
     slice_axis : int, default=-1
         Spatial axis of (D, H, W) that is partitioned and sliced; -1 (the
         last array axis) is axial for RAS-oriented volumes.
@@ -196,6 +203,23 @@ default="backbone"
         Draw the brightness shift and contrast factor once per batch and tie
         them (``factor = 1 + delta``), as the official code does; False draws
         them per image and independently.
+    gd_pairing : {"all", "official"}, default="all"
+        ``strategy="GD"`` only. ``"all"``: one set of m volumes, every
+        same-partition row of another volume is a positive. ``"official"``:
+        the official batches and pairs, two independently drawn sets of m
+        volumes (rows ``[set A | set B]``, m slices of S partitions each,
+        volumes distinct within a set) linked as a cyclic chain
+        ``A_0 - B_0 - A_1 - B_1 - ... - A_0``; positives are the other view
+        of the same slice (counted twice) and the same partition of a
+        linked volume in the same view (no original-augmented pair across
+        volumes), see ``pairing="official"`` of
+        :func:`~sklearn_cl3d.losses.global_contrastive_loss`. The official
+        all-zero last block is not reproduced: every row is a real slice.
+    slice_sampling : {"partition", "uniform"}, default="partition"
+        Slices of the G^R (``strategy="GR"``) and L^R (``local="LR"``)
+        batches: one per partition of m volumes (as the other strategies),
+        or ``batch_size`` slices drawn uniformly with replacement from all
+        slices of all volumes (official; the unused tail slices included).
     freeze_encoder_bn : bool, default=False
         Stage 2 keeps the frozen encoder's BatchNorm in training mode (batch
         statistics, running averages updated), as the official code; True
@@ -252,16 +276,20 @@ default="backbone"
       13 3x3 regions with 5 negatives, W (9C -> 128), 100/192 crops, the
       encoder BatchNorm updating during stage 2, percentile scaling;
     * off by default, available: tied batch-shared intensity draws
-      (``official_intensity=True``); no original-augmented positive across
-      volumes in G^D (``criterion__cross_views=False``);
-    * off, not reproduced: the G^D cyclic volume chain, double-counted pairs
-      and all-zero stitched block (use
+      (``official_intensity=True``); the G^D batches of two volume sets with
+      the cyclic chain of volumes and double-counted same-slice pairs
+      (``gd_pairing="official"``); uniform G^R / L^R slice draws
+      (``slice_sampling="uniform"``); the stage lengths in iterations
+      (``n_iterations``, ``local_iterations``); the recipe
+      :func:`~sklearn_cl3d.protocols.official_protocol` sets them all;
+    * off, not reproduced: the all-zero last stitched G^D block (use
       :func:`~sklearn_cl3d.losses.official_global_pairs` for exact
       values), and the G^D- stride-4 hard-code.
 
-    Deviations: G^R and L^R batches are partition-stratified (official:
-    uniform slices); G^D uses one set of m volumes (official: two sets of 2); slices
-    are resized rather than resampled to a resolution and cropped; each
+    Deviations of the defaults: G^R and L^R batches are
+    partition-stratified (``slice_sampling``), G^D uses one set of m
+    volumes and all pairs (``gd_pairing``), stages count epochs. Always:
+    slices are resized rather than resampled to a resolution and cropped; each
     stage starts with a fresh optimizer (the official stages are separate
     scripts). ``partial_fit`` runs both stages again from the current
     weights.
@@ -305,6 +333,8 @@ default="backbone"
         "region_dim": [Interval(Integral, 1, None, closed="left"), None],
         "local_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
+        "n_iterations": [Interval(Integral, 1, None, closed="left"), None],
+        "local_iterations": [Interval(Integral, 1, None, closed="left"), None],
         "slice_axis": [Interval(Integral, -3, 2, closed="both")],
         "slice_size": [Interval(Integral, 1, None, closed="left"), None],
         "slab_depth": [Interval(Integral, 1, None, closed="left"), None],
@@ -314,6 +344,8 @@ default="backbone"
         "augmentation": [StrOptions({"crop_intensity"}), callable, None],
         "local_augmentation": [StrOptions({"intensity"}), callable, None],
         "official_intensity": ["boolean"],
+        "gd_pairing": [StrOptions({"all", "official"})],
+        "slice_sampling": [StrOptions({"partition", "uniform"})],
         "freeze_encoder_bn": ["boolean"],
         "normalize": [StrOptions({"percentile"}), None],
         "train_split": [None],
@@ -337,6 +369,8 @@ default="backbone"
         max_epochs=100,
         local_epochs=None,
         steps_per_epoch=None,
+        n_iterations=None,
+        local_iterations=None,
         slice_axis=-1,
         slice_size=192,
         slab_depth=None,
@@ -348,6 +382,8 @@ default="backbone"
         augmentation="crop_intensity",
         local_augmentation="intensity",
         official_intensity=False,
+        gd_pairing="all",
+        slice_sampling="partition",
         freeze_encoder_bn=False,
         normalize="percentile",
         lr=1e-3,
@@ -382,6 +418,8 @@ default="backbone"
         self.region_dim = region_dim
         self.local_epochs = local_epochs
         self.steps_per_epoch = steps_per_epoch
+        self.n_iterations = n_iterations
+        self.local_iterations = local_iterations
         self.slice_axis = slice_axis
         self.slice_size = slice_size
         self.slab_depth = slab_depth
@@ -389,6 +427,8 @@ default="backbone"
         self.aggregate = aggregate
         self.local_augmentation = local_augmentation
         self.official_intensity = official_intensity
+        self.gd_pairing = gd_pairing
+        self.slice_sampling = slice_sampling
         self.freeze_encoder_bn = freeze_encoder_bn
 
     # ------------------------------------------------------------ hooks
@@ -447,17 +487,44 @@ default="backbone"
             raise AttributeError("not fitted")
         return self._bare_module().feature_dim(self.feature_layer)
 
+    def _stage_iterations(self, stage):
+        """Steps of ``stage`` when set in iterations, else None."""
+        if stage == "global" or self.local_iterations is None:
+            return self.n_iterations
+        return self.local_iterations
+
     def _stage_epochs(self):
         """[(stage, epochs)] of the stages ``fit`` runs, in order."""
+        global_epochs = self.max_epochs
+        if self._stage_iterations("global") is not None:
+            global_epochs = 1
         local_epochs = (
             self.max_epochs if self.local_epochs is None else (self.local_epochs)
         )
+        if self._stage_iterations("local") is not None:
+            local_epochs = 1
         stages = []
-        if self.strategy is not None and self.max_epochs > 0:
-            stages.append(("global", self.max_epochs))
+        if self.strategy is not None and global_epochs > 0:
+            stages.append(("global", global_epochs))
         if self.local is not None and local_epochs > 0:
             stages.append(("local", local_epochs))
         return stages
+
+    def _official_gd(self, stage):
+        """Whether ``stage`` runs the official G^D batches and pairs."""
+        return (
+            stage == "global"
+            and self.strategy == "GD"
+            and (self.gd_pairing == "official")
+        )
+
+    def _uniform_draws(self, stage):
+        """Whether ``stage`` draws its slices uniformly (official G^R/L^R)."""
+        if self.slice_sampling != "uniform":
+            return False
+        if stage == "global":
+            return self.strategy == "GR"
+        return self.local == "LR"
 
     # ------------------------------------------------------------ geometry
 
@@ -562,7 +629,11 @@ default="backbone"
         return self
 
     def initialize_criterion(self):
-        kwargs = {"strategy": self.strategy or "GD", "temperature": self.temperature}
+        kwargs = {
+            "strategy": self.strategy or "GD",
+            "temperature": self.temperature,
+            "pairing": self.gd_pairing,
+        }
         kwargs.update(self.get_params_for("criterion"))
         self.criterion_ = self.initialized_instance(self.criterion, kwargs)
         channels = tuple(self.channels)
@@ -651,15 +722,27 @@ default="backbone"
         kwargs = self.get_params_for("iterator_train")
         for key in ("batch_size", "shuffle", "drop_last", "sampler"):
             kwargs.pop(key, None)
+        stage = self.__dict__.get("_stage", "global")
         m = min(max(1, self.batch_size // self.n_partitions), dataset.n_volumes)
-        steps = self.steps_per_epoch or max(1, dataset.n_volumes // m)
-        sampler = PartitionBatchSampler(
-            dataset.n_volumes,
-            dataset.n_slices,
-            n_partitions=self.n_partitions,
-            volumes_per_batch=m,
-            n_batches=steps,
+        steps = (
+            self._stage_iterations(stage)
+            or self.steps_per_epoch
+            or max(1, dataset.n_volumes // m)
         )
+        if self._uniform_draws(stage):
+            draws = torch.utils.data.RandomSampler(
+                dataset, replacement=True, num_samples=steps * self.batch_size
+            )
+            sampler = torch.utils.data.BatchSampler(draws, self.batch_size, False)
+        else:
+            sampler = PartitionBatchSampler(
+                dataset.n_volumes,
+                dataset.n_slices,
+                n_partitions=self.n_partitions,
+                volumes_per_batch=m,
+                n_batches=steps,
+                n_sets=2 if self._official_gd(stage) else 1,
+            )
         loader_defaults(kwargs, dataset, self.device)
         return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
 
@@ -727,6 +810,10 @@ default="backbone"
             volume, partition = target[:, 0], target[:, 1]
             if self.strategy == "GR":
                 volume = torch.arange(n, device=z.device)  # one "volume" per slice
+            elif self._official_gd("global"):
+                # rows [set A | set B], S per volume: chain ids 2v (A), 2v + 1 (B)
+                row, half = torch.arange(n, device=z.device), n // 2
+                volume = 2 * ((row % half) // self.n_partitions) + row // half
             view = torch.arange(n_views, device=z.device).repeat_interleave(n)
             return self.criterion_(
                 z, volume.repeat(n_views), partition.repeat(n_views), view

@@ -16,6 +16,7 @@ from ._infonce import check_temperature
 from ._pairwise import check_embeddings, cosine_normalize
 
 __all__ = [
+    "GLOBAL_PAIRINGS",
     "GLOBAL_REDUCTIONS",
     "GLOBAL_STRATEGIES",
     "LOCAL_REDUCTIONS",
@@ -33,6 +34,7 @@ __all__ = [
 
 GLOBAL_STRATEGIES = ("GR", "GD-", "GD")
 GLOBAL_REDUCTIONS = ("official", "mean", "sum")
+GLOBAL_PAIRINGS = ("all", "official")
 LOCAL_STRATEGIES = ("LR", "LD")
 LOCAL_REDUCTIONS = ("official", "mean", "sum")
 REGION_LAYOUTS = ("official13", "official9")
@@ -227,6 +229,7 @@ def global_contrastive_loss(
     temperature=0.1,
     reduction="official",
     cross_views=True,
+    pairing="all",
 ):
     """Global contrastive loss of Chaitanya et al. from row labels.
 
@@ -251,9 +254,22 @@ def global_contrastive_loss(
 
     This is the clean, all-pairs formulation of the spec. With the official
     row layouts (:func:`official_global_labels`) it equals the official loss
-    for ``"GR"`` and ``"GD-"``; the official ``"GD"`` links volumes in a
-    cyclic chain and counts same-slice pairs twice, which
-    :func:`official_global_pairs` with :func:`pairwise_infonce` reproduces.
+    for ``"GR"`` and ``"GD-"``. The official ``"GD"`` pairs differ; they are
+    ``pairing="official"``:
+
+    * volumes form a **cyclic chain** in the order of their ids (the k-th
+      smallest id is linked to the (k+1)-th, the largest to the smallest);
+      same-partition rows of two *linked* volumes are positives when they
+      have the same ``view`` (original with original, augmented with
+      augmented), counted once in each direction per link (twice when there
+      are only two volumes, as the official wrap-around);
+    * the other views of the same slice are positives **counted twice**;
+    * ``N`` is every row of another partition, as above.
+
+    With volume ids ``2v`` for the v-th volume of the official first set and
+    ``2v + 1`` for the v-th of the second (orig view 0, augmented view 1),
+    this is the official G^D term list of :func:`official_global_pairs`,
+    for any row order.
 
     Parameters
     ----------
@@ -278,6 +294,11 @@ def global_contrastive_loss(
         ``"GD"`` only: if False, same-partition rows of different volumes are
         positives only when they have the same ``view`` (the official G^D
         pairs originals with originals and augmented with augmented only).
+        Ignored with ``pairing="official"``.
+    pairing : {"all", "official"}, default="all"
+        ``"GD"`` only: every volume with every other (``"all"``), or the
+        official cyclic chain with double-counted same-slice pairs (needs
+        ``view``).
 
     Returns
     -------
@@ -302,6 +323,7 @@ def global_contrastive_loss(
     reduction = _check_choice(reduction, "reduction", GLOBAL_REDUCTIONS)
     if not isinstance(cross_views, bool):
         raise TypeError(f"cross_views must be a bool; got {cross_views!r}.")
+    pairing = _check_choice(pairing, "pairing", GLOBAL_PAIRINGS)
     n, device = z.shape[0], z.device
     vol = _as_labels(volume, n, "volume", device)
     if partition is None:
@@ -315,8 +337,11 @@ def global_contrastive_loss(
         part = _as_labels(partition, n, "partition", device)
     if view is not None:
         view = _as_labels(view, n, "view", device)
-    elif strategy == "GD" and not cross_views:
-        raise ValueError("view is required for strategy 'GD' with cross_views=False.")
+    elif strategy == "GD" and (not cross_views or pairing == "official"):
+        raise ValueError(
+            "view is required for strategy 'GD' with cross_views=False or "
+            "pairing='official'."
+        )
 
     u = cosine_normalize(z, dim=1)
     s = u @ u.T / temperature
@@ -331,18 +356,36 @@ def global_contrastive_loss(
     else:
         if strategy == "GD-":
             pos = same_part & same_vol & ~eye
+        elif pairing == "official":
+            pos = _chain_multiplicity(vol, view, same_part, same_vol, eye)
         else:
             pos = same_part & ~eye
             if not cross_views:
                 pos = pos & (same_vol | (view[:, None] == view[None, :]))
         neg = torch.logsumexp(s.masked_fill(same_part, float("-inf")), dim=1)
         terms = torch.logaddexp(s, neg[:, None]) - s
-    total = terms.masked_fill(~pos, 0.0).sum()
+    if pos.dtype == torch.bool:
+        total = terms.masked_fill(~pos, 0.0).sum()
+    else:  # multiplicities of the official G^D chain
+        total = (terms * pos.to(terms.dtype)).sum()
     if reduction == "sum":
         return total
     if reduction == "official":
         return total / n
     return total / pos.sum().clamp_min(1).to(total.dtype)
+
+
+def _chain_multiplicity(vol, view, same_part, same_vol, eye):
+    """How often each ordered pair is an official G^D term (int matrix)."""
+    _, rank = torch.unique(vol, return_inverse=True)
+    n_vol = int(rank.max()) + 1 if rank.numel() else 0
+    step = (rank[None, :] - rank[:, None]) % max(n_vol, 1)
+    same_view = view[:, None] == view[None, :]
+    linked = same_part & same_view & ~same_vol
+    ahead = linked & (step == 1)
+    behind = linked & (step == n_vol - 1)
+    slice_pairs = same_part & same_vol & ~eye
+    return 2 * slice_pairs.long() + ahead.long() + behind.long()
 
 
 class GlobalContrastiveLoss(torch.nn.Module):
@@ -354,6 +397,7 @@ class GlobalContrastiveLoss(torch.nn.Module):
     temperature : float, default=0.1
     reduction : {"official", "mean", "sum"}, default="official"
     cross_views : bool, default=True
+    pairing : {"all", "official"}, default="all"
 
     Examples
     --------
@@ -365,7 +409,12 @@ class GlobalContrastiveLoss(torch.nn.Module):
     """
 
     def __init__(
-        self, strategy="GD", temperature=0.1, reduction="official", cross_views=True
+        self,
+        strategy="GD",
+        temperature=0.1,
+        reduction="official",
+        cross_views=True,
+        pairing="all",
     ):
         super().__init__()
         self.strategy = _check_choice(strategy, "strategy", GLOBAL_STRATEGIES)
@@ -374,6 +423,7 @@ class GlobalContrastiveLoss(torch.nn.Module):
         if not isinstance(cross_views, bool):
             raise TypeError(f"cross_views must be a bool; got {cross_views!r}.")
         self.cross_views = cross_views
+        self.pairing = _check_choice(pairing, "pairing", GLOBAL_PAIRINGS)
 
     def forward(self, z, volume, partition=None, view=None):
         """Return the loss of embeddings ``z`` with row labels."""
@@ -386,12 +436,14 @@ class GlobalContrastiveLoss(torch.nn.Module):
             temperature=self.temperature,
             reduction=self.reduction,
             cross_views=self.cross_views,
+            pairing=self.pairing,
         )
 
     def extra_repr(self):
         return (
             f"strategy={self.strategy!r}, temperature={self.temperature}, "
-            f"reduction={self.reduction!r}, cross_views={self.cross_views}"
+            f"reduction={self.reduction!r}, cross_views={self.cross_views}, "
+            f"pairing={self.pairing!r}"
         )
 
 
