@@ -293,6 +293,9 @@ def test_read_bids_sessions_runs_and_entities(tmp_path):
             "derivatives/x/sub-01/anat/sub-01_T1w.nii.gz",
         ],
     )
+    # a sidecar is not an image; its fields apply to both runs of session 02
+    json_path = root / "sub-01/ses-02/anat/sub-01_ses-02_T1w.json"
+    json_path.write_text('{"EchoTime": 0.003}')
     paths, meta = read_bids(root)
     assert [os.path.basename(p) for p in paths] == [
         "sub-01_ses-01_T1w.nii.gz",
@@ -306,9 +309,11 @@ def test_read_bids_sessions_runs_and_entities(tmp_path):
         "run",
         "acq",
         "path",
+        "EchoTime",
         "age",
     ]
     assert meta["age"].tolist() == [30, 30, 30, 40]
+    np.testing.assert_array_equal(meta["EchoTime"], [np.nan, 0.003, 0.003, np.nan])
     assert meta["session"].tolist() == ["01", "02", "02", "01"]
     assert len(read_bids(root, session="ses-01")[0]) == 2
     assert len(read_bids(root, session=["02"])[0]) == 2

@@ -4,7 +4,7 @@ BIDS datasets, folders and glob patterns."""
 
 from ._cache import CacheWarning
 from ._dataset import VolumeDataset, as_volume_dataset, is_volume_collection
-from ._dicom import read_dicom_series
+from ._dicom import dicomdir_series, read_dicom_series
 from ._io import SUPPORTED_EXTENSIONS, load_volume
 from ._landmarks import landmark_locations, landmark_neighbors, make_landmarks
 from ._nrrd import read_nrrd
@@ -73,6 +73,7 @@ __all__ = [
     "make_landmarks",
     "make_preprocessing",
     "read_bids",
+    "dicomdir_series",
     "read_dicom_series",
     "read_nrrd",
     "read_table",

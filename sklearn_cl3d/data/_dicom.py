@@ -17,6 +17,12 @@ so the size of the volume is checked against the same cap as other formats
 (:data:`~sklearn_cl3d.data._nrrd.MAX_VOLUME_BYTES`) before any voxel is
 read. Compressed transfer syntaxes need pydicom's decoder plug-ins (for
 example ``pylibjpeg``); without them the error says so and names the file.
+
+A DICOMDIR (the index of a DICOM file-set, e.g. on a CD or from a PACS
+export) lists patients, studies, series and their files, which may sit in
+folders shared by several series: :func:`dicomdir_series` reads the index
+(through pydicom's ``FileSet``) and gives each series' files, which
+:func:`read_dicom_series` reads as one volume.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 
 from ._nrrd import MAX_VOLUME_BYTES
 
-__all__ = ["read_dicom_series", "read_dicom_series_header"]
+__all__ = ["dicomdir_series", "read_dicom_series", "read_dicom_series_header"]
 
 #: At most this many files are read from one series folder.
 MAX_SERIES_FILES = 8192
@@ -50,6 +56,36 @@ def _pydicom():
     return pydicom
 
 
+def _is_dicomdir(path):
+    return os.path.basename(os.fspath(path)).upper() == "DICOMDIR"
+
+
+def _dicomdir_hint(path):
+    return (
+        f"{path} is a DICOMDIR, the index of a DICOM file-set: list its series "
+        "with sklearn_cl3d.data.dicomdir_series(path) and read one with "
+        "read_dicom_series(series['files'])"
+    )
+
+
+def _listed_files(files):
+    """A series given as a list of files: checked, in the given order."""
+    files = [os.fspath(f) for f in files]
+    if not files:
+        raise ValueError("the list of DICOM files is empty.")
+    if len(files) > MAX_SERIES_FILES:
+        raise ValueError(
+            f"the list holds {len(files)} files, more than the "
+            f"{MAX_SERIES_FILES} slices a series may have."
+        )
+    for f in files:
+        if _is_dicomdir(f):
+            raise _fail(f, _dicomdir_hint(f))
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"no such DICOM file: {f}")
+    return files
+
+
 def _files(folder):
     try:
         names = sorted(os.listdir(folder))
@@ -63,6 +99,8 @@ def _files(folder):
         and os.path.isfile(os.path.join(folder, n))
     ]
     if not files:
+        if os.path.isfile(os.path.join(folder, "DICOMDIR")):
+            raise _fail(folder, _dicomdir_hint(os.path.join(folder, "DICOMDIR")))
         raise _fail(folder, "the folder holds no file (expected one DICOM series)")
     if len(files) > MAX_SERIES_FILES:
         raise _fail(
@@ -178,21 +216,28 @@ def _geometry(folder, headers):
 
 def _scan(folder):
     pydicom = _pydicom()
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"no such folder: {folder}")
+    if isinstance(folder, list | tuple):
+        files = _listed_files(folder)
+        folder = f"the series of {len(files)} file(s) from {files[0]}"
+    else:
+        folder = os.fspath(folder)
+        if _is_dicomdir(folder) and os.path.isfile(folder):
+            raise _fail(folder, _dicomdir_hint(folder))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"no such folder: {folder}")
+        files = _files(folder)
     headers, skipped = [], []
-    for path in _files(folder):
+    for path in files:
         header = _slice_header(pydicom, path)
         if header is None:
             skipped.append(os.path.basename(path))
         else:
             headers.append(header)
     if not headers:
-        raise _fail(
-            folder,
-            f"no DICOM file among its {len(skipped)} file(s) (e.g. {skipped[0]!r})",
-        )
+        reason = f"no DICOM file among its {len(skipped)} file(s) (e.g. {skipped[0]!r})"
+        if isinstance(folder, str) and os.path.isfile(os.path.join(folder, "DICOMDIR")):
+            reason += "; " + _dicomdir_hint(os.path.join(folder, "DICOMDIR"))
+        raise _fail(folder, reason)
     series = {}
     for h in headers:
         series.setdefault(h["series"], []).append(h)
@@ -221,8 +266,9 @@ def read_dicom_series_header(folder):
 
     Parameters
     ----------
-    folder : str or path-like
-        A folder holding one DICOM series.
+    folder : str, path-like or list of them
+        A folder holding one DICOM series, or the files of one series (e.g.
+        ``series["files"]`` of :func:`dicomdir_series`).
 
     Returns
     -------
@@ -256,10 +302,14 @@ def read_dicom_series(folder):
 
     Parameters
     ----------
-    folder : str or path-like
+    folder : str, path-like or list of them
         A folder whose files are the single-frame slices of one series
         (files that are not DICOM, hidden files and ``DICOMDIR`` are
-        skipped).
+        skipped), or the list of the files of one series, e.g.
+        ``series["files"]`` of :func:`dicomdir_series` (the slices are
+        sorted by position whatever the list's order). A ``DICOMDIR`` file
+        itself is refused with a message pointing to
+        :func:`dicomdir_series`.
 
     Returns
     -------
@@ -274,7 +324,7 @@ def read_dicom_series(folder):
     ImportError
         If pydicom (the ``dicom`` extra) is not installed.
     FileNotFoundError
-        If the folder does not exist.
+        If the folder (or a listed file) does not exist.
     ValueError
         If the folder holds no DICOM file or several series, the slices
         disagree in size or orientation, are not evenly spaced or two are at
@@ -296,7 +346,9 @@ def read_dicom_series(folder):
     try:
         data = np.empty(shape, dtype=np.float32)
     except MemoryError as exc:
-        raise MemoryError(f"not enough memory to read {os.fspath(folder)}.") from exc
+        raise MemoryError(
+            f"not enough memory to read {headers[0]['path']}'s series."
+        ) from exc
     for k, h in enumerate(headers):
         path = h["path"]
         try:
@@ -318,3 +370,97 @@ def read_dicom_series(folder):
         intercept = float(_number(ds, "RescaleIntercept", path, default=0.0))
         data[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
     return data, affine
+
+
+def _record(instance, name):
+    """A field of an instance's directory records (or of their parents)."""
+    try:
+        value = getattr(instance, name)
+    except (AttributeError, KeyError):
+        return None
+    return None if value in (None, "") else str(value)
+
+
+def dicomdir_series(path):
+    """The image series a DICOMDIR lists, with their files.
+
+    A DICOMDIR indexes a DICOM file-set (a CD, a PACS export) by patient,
+    study, series and image. This reads the index only (with pydicom's
+    ``FileSet``; no image is opened) and groups its image records by
+    ``SeriesInstanceUID``. Read a series with :func:`read_dicom_series`
+    given its ``files``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``DICOMDIR`` file, or the folder holding it.
+
+    Returns
+    -------
+    series : list of dict
+        One dict per series, in the index's order, with ``patient_id``,
+        ``study_uid``, ``study_description``, ``series_uid``,
+        ``series_number``, ``modality``, ``series_description`` (strings, or
+        None when the index lacks them) and ``files`` (the absolute paths
+        of its images).
+
+    Raises
+    ------
+    ImportError
+        If pydicom (the ``dicom`` extra) is not installed.
+    FileNotFoundError
+        If there is no such file or the folder has no ``DICOMDIR``.
+    ValueError
+        If the file is not a readable DICOMDIR or lists no image; the
+        message names it.
+
+    Examples
+    --------
+    >>> import os, pydicom  # doctest: +SKIP
+    >>> root = os.path.join(os.path.dirname(pydicom.data.__file__),
+    ...                     "test_files", "dicomdirtests")  # doctest: +SKIP
+    >>> series = dicomdir_series(root)  # doctest: +SKIP
+    >>> ct = [s for s in series if s["modality"] == "CT"][-1]  # doctest: +SKIP
+    >>> read_dicom_series(ct["files"])[0].shape  # doctest: +SKIP
+    (16, 16, 5)
+    """
+    pydicom = _pydicom()
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        folder = path
+        path = os.path.join(folder, "DICOMDIR")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder} holds no DICOMDIR file.")
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"no such DICOMDIR: {path}")
+    try:
+        from pydicom.fileset import FileSet
+
+        fileset = FileSet(pydicom.dcmread(path))
+        instances = list(fileset)
+    except MemoryError as exc:
+        raise MemoryError(f"not enough memory to read {path}.") from exc
+    except Exception as exc:  # not DICOM, not a DICOMDIR, damaged records
+        raise _fail(
+            path, f"not a readable DICOMDIR ({str(exc).strip() or type(exc).__name__})"
+        ) from exc
+    series = {}
+    for instance in instances:
+        if _record(instance, "DirectoryRecordType") != "IMAGE":
+            continue
+        uid = _record(instance, "SeriesInstanceUID")
+        if uid not in series:
+            series[uid] = {
+                "patient_id": _record(instance, "PatientID"),
+                "study_uid": _record(instance, "StudyInstanceUID"),
+                "study_description": _record(instance, "StudyDescription"),
+                "series_uid": uid,
+                "series_number": _record(instance, "SeriesNumber"),
+                "modality": _record(instance, "Modality"),
+                "series_description": _record(instance, "SeriesDescription"),
+                "files": [],
+            }
+        series[uid]["files"].append(os.path.abspath(os.fspath(instance.path)))
+    if not series:
+        raise _fail(path, "the DICOMDIR lists no image")
+    return list(series.values())

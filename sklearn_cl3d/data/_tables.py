@@ -7,8 +7,9 @@ frame row by row, ready for ``est.fit(paths, meta["age"])``.
 
 BIDS is read by a small built-in reader of the common layout, not by pybids:
 pybids brings SQLAlchemy, a formula library and a database index of the whole
-dataset, for features (metadata inheritance, derivatives, queries) that
-choosing one kind of image per subject does not need.
+dataset, for features (derivatives, queries) that choosing one kind of image
+per subject does not need. JSON sidecars are read with BIDS' inheritance
+principle (:mod:`._sidecars`).
 
 Tables are data: they are parsed by pandas' CSV parser into strings and
 numbers only, never evaluated.
@@ -19,6 +20,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+
+from ._sidecars import SidecarReader
 
 __all__ = ["read_bids", "read_table"]
 
@@ -338,6 +341,7 @@ def read_bids(
     datatype="anat",
     extensions=(".nii.gz", ".nii"),
     entities=None,
+    sidecars=True,
 ):
     """Read the images of a BIDS dataset, one row per image, with participants.
 
@@ -347,11 +351,11 @@ def read_bids(
 
     This is a light built-in reader of the common layout, not pybids (a
     heavy dependency: SQLAlchemy, a formula library and a database index of
-    the whole dataset). It does not apply BIDS' metadata inheritance
-    (JSON sidecars are not read), read ``scans.tsv`` files or derivatives
-    (unless ``root`` is a derivative dataset), or honour ``.bidsignore``; for
-    those, select the images with pybids and give their paths to
-    :func:`read_table`.
+    the whole dataset). It reads the JSON sidecars with BIDS' inheritance
+    principle (see ``sidecars``), but not ``scans.tsv`` files or derivatives
+    (unless ``root`` is a derivative dataset), and does not honour
+    ``.bidsignore``; for those, select the images with pybids and give their
+    paths to :func:`read_table`.
 
     Parameters
     ----------
@@ -372,6 +376,18 @@ def read_bids(
     entities : dict, default=None
         Further entities the file name must have, e.g. ``{"acq": "mprage"}``
         or ``{"run": 1}`` (run indices compare as numbers).
+    sidecars : bool, default=True
+        Read the JSON sidecars of each image as columns (e.g.
+        ``RepetitionTime``, ``MagneticFieldStrength``). A sidecar
+        ``[<entities>_]<suffix>.json`` applies to an image when its entities
+        are among the image's; it may sit in the image's folder, the
+        session's, the subject's or the dataset's root, and a deeper file's
+        fields override a shallower one's (BIDS' inheritance principle, e.g.
+        a root ``T1w.json`` for the whole dataset and
+        ``sub-01/anat/sub-01_T1w.json`` for one subject); in one folder, a
+        file with more entities overrides one with fewer. Lists and objects
+        stay Python lists and dicts; an image without a field gets a missing
+        value.
 
     Returns
     -------
@@ -380,11 +396,12 @@ def read_bids(
     metadata : pandas.DataFrame
         One row per image: ``participant_id``, ``session`` (when the dataset
         has sessions), one column per further entity found in the file names
-        (``acq``, ``run``, ...), ``path``, then the columns of each subject's
-        ``sub-<label>_sessions.tsv`` (joined on the session; e.g. the age at
-        each session), then those of ``participants.tsv``. ``n/a`` is a
-        missing value; a column whose name is already taken gets the suffix
-        ``_session`` or ``_participant``.
+        (``acq``, ``run``, ...), ``path``, the sidecar fields (with
+        ``sidecars=True``, sorted by name), then the columns of each
+        subject's ``sub-<label>_sessions.tsv`` (joined on the session; e.g.
+        the age at each session), then those of ``participants.tsv``.
+        ``n/a`` is a missing value; a column whose name is already taken
+        gets the suffix ``_sidecar``, ``_session`` or ``_participant``.
 
     Raises
     ------
@@ -395,7 +412,9 @@ def read_bids(
         says what was looked for), an image is a broken link (e.g. a DataLad
         file whose content was not fetched), ``participants.tsv`` (or a
         ``sessions.tsv``) has no ``participant_id`` (``session_id``) column
-        or lists a participant (session) twice, or a parameter is malformed.
+        or lists a participant (session) twice, a sidecar is not a JSON
+        object or two sidecars in one folder apply to one image in no
+        defined order, or a parameter is malformed.
     TypeError
         If ``session`` or an entity value has the wrong type.
     ImportError
@@ -436,6 +455,9 @@ def read_bids(
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such BIDS folder: {root}")
     extensions, entities = _check_bids_args(suffix, datatype, extensions, entities)
+    if not isinstance(sidecars, bool):
+        raise TypeError(f"sidecars must be True or False; got {sidecars!r}.")
+    reader = SidecarReader(root, suffix) if sidecars else None
     sessions = _session_labels(session)
     subjects = _subject_dirs(root)
     if not subjects:
@@ -474,9 +496,11 @@ def read_bids(
                 if not os.path.exists(path):
                     broken.append(path)
                     continue
-                rows.append(
-                    {"participant_id": subject, "session": ses, **found, "path": path}
-                )
+                row = {"participant_id": subject, "session": ses, **found, "path": path}
+                if reader is not None:
+                    fields = reader.metadata(folder, subject, ses, found)
+                    row["_sidecar"] = fields
+                rows.append(row)
     if broken:
         raise ValueError(
             f"{len(broken)} image(s) are broken links (a DataLad/git-annex file "
@@ -490,6 +514,7 @@ def read_bids(
         raise ValueError(
             f"no image *_{suffix}{'|'.join(extensions)}{extra} in {where} under {root}."
         )
+    fields = [row.pop("_sidecar", {}) for row in rows]
     frame = pd.DataFrame(rows).drop(columns=["sub", "ses"], errors="ignore")
     if frame["session"].isna().all():
         frame = frame.drop(columns=["session"])
@@ -499,6 +524,12 @@ def read_bids(
         + ["path"]
     )
     frame = frame[ordered]
+    keys = sorted({k for f in fields for k in f})
+    if keys:
+        taken = set(frame.columns)
+        columns = {k: (f"{k}_sidecar" if k in taken else k) for k in keys}
+        values = {columns[k]: [f.get(k) for f in fields] for k in keys}
+        frame = pd.concat([frame, pd.DataFrame(values, index=frame.index)], axis=1)
     if "session" in frame.columns:
         frame = _join_sessions(root, frame, pd)
 
