@@ -359,26 +359,18 @@ _GLOBALLOCAL = ProtocolRecipe(
             "global stage length",
             "10,001 iterations",
             "GlobalLocalPretrainer",
-            "max_epochs",
-            1,
-            "one epoch of steps_per_epoch iterations",
+            "n_iterations",
+            10001,
+            "default: max_epochs epochs",
         ),
         Aspect(
             "pretraining",
             "local stage length",
             "10,001 iterations",
             "GlobalLocalPretrainer",
-            "local_epochs",
-            1,
-            "one epoch of steps_per_epoch iterations",
-        ),
-        Aspect(
-            "pretraining",
-            "iterations per epoch",
-            "10,001 per stage",
-            "GlobalLocalPretrainer",
-            "steps_per_epoch",
+            "local_iterations",
             10001,
+            "default: local_epochs epochs",
         ),
         Aspect(
             "pretraining",
@@ -429,13 +421,19 @@ _GLOBALLOCAL = ProtocolRecipe(
             "pretraining",
             "G^D pairs",
             "two volume sets, cyclic chain, no cross-volume orig-aug pairs",
-            note="the default uses all pairs",
+            "GlobalLocalPretrainer",
+            "gd_pairing",
+            "official",
+            "default: one set, all pairs; the official all-zero block is left out",
         ),
         Aspect(
             "pretraining",
             "G^R / L^R slice draws",
             "uniform over all slices",
-            note="the default stratifies by partition",
+            "GlobalLocalPretrainer",
+            "slice_sampling",
+            "uniform",
+            "default: one slice per partition",
         ),
         Aspect(
             "pretraining",
@@ -484,11 +482,35 @@ _GLOBALLOCAL = ProtocolRecipe(
             "fine-tuning",
             "length",
             "10,001 iterations",
-            note="the segmenter counts epochs",
+            "ContrastiveSegmenter",
+            "n_iterations",
+            10001,
+            "default: max_epochs epochs",
         ),
-        Aspect("fine-tuning", "augmentation", "rotation, scale, flip, elastic"),
         Aspect(
-            "evaluation", "checkpoint", "best validation Dice (every 50 iterations)"
+            "fine-tuning",
+            "augmentation",
+            "rotation, scale, flip, elastic",
+            "ContrastiveSegmenter",
+            "augmentation",
+            "official",
+        ),
+        Aspect(
+            "evaluation",
+            "checkpoint",
+            "best validation Dice on 2 validation volumes",
+            "ContrastiveSegmenter",
+            "validation_fraction",
+            2,
+            "2 volumes of X held out; X_val, y_val of fit replace them",
+        ),
+        Aspect(
+            "evaluation",
+            "validation interval",
+            "every 50 iterations",
+            "ContrastiveSegmenter",
+            "validation_interval",
+            50,
         ),
     ),
 )
@@ -798,8 +820,8 @@ def official_protocol(method):
     >>> from sklearn_cl3d import GlobalLocalPretrainer
     >>> recipe = official_protocol("globallocal")
     >>> gl = recipe.apply(GlobalLocalPretrainer(local="LD"))
-    >>> gl.steps_per_epoch, gl.max_epochs, gl.local_epochs, gl.n_negatives
-    (10001, 1, 1, 4)
+    >>> gl.n_iterations, gl.local_iterations, gl.gd_pairing, gl.n_negatives
+    (10001, 10001, 'official', 4)
     >>> len(recipe.gaps()) > 0  # aspects with no parameter yet
     True
     """

@@ -5,6 +5,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _gl_recipe_checks import (
+    check_gl_gd_pairing,
+    check_gl_uniform_draws,
+    check_segmenter_augmentation,
+    check_segmenter_checkpoint,
+    check_segmenter_iterations,
+)
 from _wsp_recipe_checks import (
     check_wsp_balance_on_scores,
     check_wsp_best_checkpoint,
@@ -133,7 +140,12 @@ def gl_volumes():
 
 def _gl_built(recipe_applied, X):
     """The estimator with the recipe, built on X without training."""
-    return clone(recipe_applied).set_params(max_epochs=0, local_epochs=0).fit(X)
+    return (
+        clone(recipe_applied)
+        .set_params(max_epochs=0, local_epochs=0, n_iterations=None)
+        .set_params(local_iterations=None)
+        .fit(X)
+    )
 
 
 def check_gl_length(gl_volumes):
@@ -143,8 +155,11 @@ def check_gl_length(gl_volumes):
     assert default._stage_epochs() == [("global", 100), ("local", 100)]
     assert official._stage_epochs() == [("global", 1), ("local", 1)]
     built = _gl_built(official, gl_volumes)
+    built.set_params(n_iterations=10001, local_iterations=10001)
     ds = built._partition_dataset(built._as_dataset(gl_volumes, None, reset=False))
-    assert len(built.get_iterator(ds, training=True)) == 10001
+    for stage in ("global", "local"):
+        built.__dict__["_stage"] = stage
+        assert len(built.get_iterator(ds, training=True)) == 10001
     base = _gl_built(default, gl_volumes)
     assert len(base.get_iterator(ds, training=True)) == 6 // 3
 
@@ -294,14 +309,26 @@ BEHAVIOUR = {
     ("wsp", "WSPPretrainer", "precision"): lambda r: check_precision(
         "wsp", WSPPretrainer, r.getfixturevalue("monkeypatch")
     ),
-    ("globallocal", "GlobalLocalPretrainer", "max_epochs"): lambda r: check_gl_length(
-        r.getfixturevalue("gl_volumes")
+    **{
+        ("globallocal", "GlobalLocalPretrainer", p): lambda r: check_gl_length(
+            r.getfixturevalue("gl_volumes")
+        )
+        for p in ("n_iterations", "local_iterations")
+    },
+    ("globallocal", "GlobalLocalPretrainer", "gd_pairing"): lambda r: (
+        check_gl_gd_pairing(r.getfixturevalue("gl_volumes"))
     ),
-    ("globallocal", "GlobalLocalPretrainer", "local_epochs"): lambda r: check_gl_length(
-        r.getfixturevalue("gl_volumes")
+    ("globallocal", "GlobalLocalPretrainer", "slice_sampling"): lambda r: (
+        check_gl_uniform_draws(r.getfixturevalue("gl_volumes"))
     ),
-    ("globallocal", "GlobalLocalPretrainer", "steps_per_epoch"): lambda r: (
-        check_gl_length(r.getfixturevalue("gl_volumes"))
+    ("globallocal", "ContrastiveSegmenter", "n_iterations"): lambda r: (
+        check_segmenter_iterations()
+    ),
+    ("globallocal", "ContrastiveSegmenter", "augmentation"): lambda r: (
+        check_segmenter_augmentation()
+    ),
+    ("globallocal", "ContrastiveSegmenter", "validation_fraction"): lambda r: (
+        check_segmenter_checkpoint()
     ),
     ("globallocal", "GlobalLocalPretrainer", "official_intensity"): lambda r: (
         check_gl_intensity(r.getfixturevalue("gl_volumes"))
