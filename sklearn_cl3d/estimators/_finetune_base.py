@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import ClassifierMixin
-from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
@@ -36,6 +35,7 @@ from ..nn import BACKBONES, DenseNet3D, build_backbone
 from ..nn._finetune import FineTuneNetwork, backbone_blocks, official_classifier
 from ._base import BaseContrastivePretrainer
 from ._finetune_select import KEEP_BEST, BestValidCheckpoint, balanced_slice_sampler
+from ._finetune_source import _bare, _PretrainedSourceMixin
 from ._skorch import (
     DevicePlumbingMixin,
     PretrainedByReferenceMixin,
@@ -60,16 +60,15 @@ def _reset_parameters(module):
             m.reset_parameters()
 
 
-def _bare(estimator):
-    bare = getattr(estimator, "_bare_module", None)
-    return bare() if bare is not None else estimator.module_
-
-
 # --------------------------------------------------------------- estimator
 
 
 class _BaseFineTuned(
-    PretrainedByReferenceMixin, DevicePlumbingMixin, SkorchEstimatorMixin, NeuralNet
+    _PretrainedSourceMixin,
+    PretrainedByReferenceMixin,
+    DevicePlumbingMixin,
+    SkorchEstimatorMixin,
+    NeuralNet,
 ):
     """Shared plumbing of :class:`FineTunedClassifier` and
     :class:`FineTunedRegressor` (not for direct use)."""
@@ -186,75 +185,6 @@ class _BaseFineTuned(
         tags.input_tags.allow_nan = False
         tags.target_tags.required = True
         return tags
-
-    # ------------------------------------------------------------ source
-
-    def _source(self):
-        """The pretrainer to start from (None for training from scratch)."""
-        cached = self.__dict__.get("_source_cache")
-        if cached is not None:
-            return cached
-        pretrained = self.pretrained
-        if pretrained is None:
-            return None
-        if isinstance(pretrained, str | os.PathLike):
-            from ..persistence import load_pretrained
-
-            return load_pretrained(pretrained, device="cpu")
-        if not isinstance(pretrained, BaseContrastivePretrainer):
-            raise ValueError(
-                "pretrained must be a fitted pretrainer, the directory of a saved "
-                f"encoder, or None; got {type(pretrained).__name__}."
-            )
-        if not getattr(pretrained, "initialized_", False):
-            raise NotFittedError(
-                f"The pretrained {type(pretrained).__name__} is not fitted: fit it "
-                "first (fine-tuning never fits the pretrainer), or pass the "
-                "directory of a saved encoder."
-            )
-        if not (
-            hasattr(pretrained, "_finetune_encoder")
-            or hasattr(_bare(pretrained), "backbone")
-        ):
-            raise ValueError(
-                f"The network of the pretrained {type(pretrained).__name__} has no "
-                "'backbone' to fine-tune."
-            )
-        return pretrained
-
-    @staticmethod
-    def _slice_geometry(source):
-        if hasattr(source, "_finetune_encoder"):
-            return None  # its backbone reads whole volumes
-        if source is None or len(source.input_shape_) != 4:
-            return None
-        if len(source._network_input_shape()) != 3:
-            return None
-        return {
-            "axis": source.slice_axis,
-            "fraction": source.slice_fraction,
-            "size": source.slice_size,
-        }
-
-    def _check_source_input(self, source):
-        src, own = tuple(source.input_shape_), tuple(self.input_shape_)
-        name = type(source).__name__
-        if len(src) != len(own):
-            kind = "volumes" if len(src) == 4 else "tabular features"
-            raise ValueError(
-                f"The pretrained {name} was fitted on {kind} of per-sample shape "
-                f"{src}; X has per-sample shape {own}."
-            )
-        if len(own) == 1 and own != src:
-            raise ValueError(
-                f"X has {own[0]} features, but the pretrained {name} was fitted "
-                f"on {src[0]} features."
-            )
-        if len(own) == 4 and own[0] != src[0]:
-            raise ValueError(
-                f"X has {own[0]} channel(s), but the pretrained {name} was "
-                f"fitted on {src[0]} channel(s)."
-            )
 
     # ------------------------------------------------------- components
 
