@@ -155,6 +155,7 @@ class BestValidCheckpoint(Callback):
     def on_train_end(self, net, **kwargs):
         if self.state_ is not None:
             net.module_.load_state_dict(self.state_)
+        self.state_ = None  # a fitted estimator does not carry a second copy
 
 
 def balanced_slice_sampler(dataset, batch_size, steps_per_epoch, balanced):
