@@ -4,56 +4,31 @@ loss, stage 2 the first decoder blocks with a local loss, encoder frozen."""
 
 from __future__ import annotations
 
-import copy
-import math
 from numbers import Integral
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
-from skorch import NeuralNet
-from skorch.dataset import unpack_data
-from skorch.utils import to_tensor
 
-from ..augment._intensity import globallocal_views
-from ..data import (
-    PartitionBatchSampler,
-    PartitionSliceDataset,
-    SliceDataset,
-    VolumeDataset,
-    as_volume_dataset,
-    check_input_shape,
-    is_volume_collection,
-    make_preprocessing,
-)
-from ..data._loading import loader_defaults
+from ..data import SliceDataset
 from ..data._percentile import PercentileScaling
 from ..losses import (
     GLOBAL_STRATEGIES,
     LOCAL_STRATEGIES,
     REGION_LAYOUTS,
     GlobalContrastiveLoss,
-    LocalContrastiveLoss,
-    local_region_positions,
 )
-from ..nn import UNet
 from ..nn._globallocal import GlobalLocalNet
-from ..nn._pooled import SliceSetEncoder, UNetEncoder
 from ._base import BaseContrastivePretrainer
+from ._globallocal_data import GlobalLocalDataMixin
+from ._globallocal_steps import GlobalLocalStepMixin
 from ._skorch import draw_base_seed
-from ._transfer import ScaledVolumeInput
 
 __all__ = ["GlobalLocalNet", "GlobalLocalPretrainer", "PercentileScaling"]
 
 AGGREGATES = ("mean", "max", "none")
 GL_FEATURE_LAYERS = ("backbone", "flat", "hidden", "projection")
 STAGES = ("global", "local")
-
-#: (original slice included, number of augmented views) per global strategy,
-#: as the official batches: G^R two views, G^D- the slice and two views,
-#: G^D the slice and one view.
-_GLOBAL_VIEWS = {"GR": (False, 2), "GD-": (True, 2), "GD": (True, 1)}
 
 # base-class parameters with no meaning here (fixed U-Net, own loss and views)
 _UNUSED_BASE_PARAMS = ("backbone", "gather_distributed", "sync_batchnorm")
@@ -62,7 +37,9 @@ _UNUSED_BASE_PARAMS = ("backbone", "gather_distributed", "sync_batchnorm")
 # --------------------------------------------------------------- estimator
 
 
-class GlobalLocalPretrainer(BaseContrastivePretrainer):
+class GlobalLocalPretrainer(
+    GlobalLocalStepMixin, GlobalLocalDataMixin, BaseContrastivePretrainer
+):
     """Global and local contrastive pretraining of a U-Net.
 
     Chaitanya et al., NeurIPS 2020. ``fit`` runs two stages on unlabelled
@@ -487,383 +464,7 @@ default="backbone"
             raise AttributeError("not fitted")
         return self._bare_module().feature_dim(self.feature_layer)
 
-    def _stage_iterations(self, stage):
-        """Steps of ``stage`` when set in iterations, else None."""
-        if stage == "global" or self.local_iterations is None:
-            return self.n_iterations
-        return self.local_iterations
-
-    def _stage_epochs(self):
-        """[(stage, epochs)] of the stages ``fit`` runs, in order."""
-        global_epochs = self.max_epochs
-        if self._stage_iterations("global") is not None:
-            global_epochs = 1
-        local_epochs = (
-            self.max_epochs if self.local_epochs is None else (self.local_epochs)
-        )
-        if self._stage_iterations("local") is not None:
-            local_epochs = 1
-        stages = []
-        if self.strategy is not None and global_epochs > 0:
-            stages.append(("global", global_epochs))
-        if self.local is not None and local_epochs > 0:
-            stages.append(("local", local_epochs))
-        return stages
-
-    def _official_gd(self, stage):
-        """Whether ``stage`` runs the official G^D batches and pairs."""
-        return (
-            stage == "global"
-            and self.strategy == "GD"
-            and (self.gd_pairing == "official")
-        )
-
-    def _uniform_draws(self, stage):
-        """Whether ``stage`` draws its slices uniformly (official G^R/L^R)."""
-        if self.slice_sampling != "uniform":
-            return False
-        if stage == "global":
-            return self.strategy == "GR"
-        return self.local == "LR"
-
-    # ------------------------------------------------------------ geometry
-
-    def _plane(self, sample_shape):
-        axis = self.slice_axis % 3
-        return tuple(s for a, s in enumerate(sample_shape[1:]) if a != axis)
-
-    def _geometry(self, volumes):
-        """Check the slice geometry of ``volumes``; return the network input."""
-        shape = tuple(volumes.sample_shape)
-        axis = self.slice_axis % 3
-        n_slices = shape[1 + axis]
-        if n_slices < self.n_partitions:
-            raise ValueError(
-                f"volumes of shape {shape[1:]} have {n_slices} slice(s) along "
-                f"slice_axis={self.slice_axis}, fewer than n_partitions="
-                f"{self.n_partitions}: every partition needs at least one slice "
-                "(use fewer partitions or another slice axis)."
-            )
-        multiple = self._size_multiple()
-        plane = self._plane(shape)
-        if self.slice_size is None:
-            if any(s % multiple for s in plane):
-                hint = multiple * max(1, round(plane[0] / multiple))
-                raise ValueError(
-                    f"slices of size {plane} are not multiples of {multiple}, as "
-                    f"the U-Net with {len(self.channels)} encoder levels needs: "
-                    f"set slice_size (e.g. {hint}) "
-                    "to resize them."
-                )
-        else:
-            plane = (self.slice_size,) * 2
-        if self._dims == 2:
-            return (shape[0], *plane)
-        slab = n_slices // self.n_partitions
-        depth = slab if self.slab_depth is None else self.slab_depth
-        if depth > slab:
-            raise ValueError(
-                f"slab_depth={depth} exceeds the slab size {slab} ({n_slices} "
-                f"slices, {self.n_partitions} partitions)."
-            )
-        out_depth = self.output_depth or multiple * math.ceil(depth / multiple)
-        return (shape[0], out_depth, *plane)
-
-    def _check_local_regions(self, input_shape):
-        if self.local is None:
-            return
-        scale = 2**self.n_decoder_blocks / self._size_multiple()
-        h, w = (int(s * scale) for s in input_shape[-2:])
-        try:
-            local_region_positions(
-                h, w, self.region_size, self.regions, self.n_negatives
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"decoder block {self.n_decoder_blocks} gives {h}x{w} maps for "
-                f"inputs of size {tuple(input_shape[1:])}, too small for the "
-                f"local regions ({exc}) Use a larger slice_size or more decoder "
-                "blocks."
-            ) from None
-
-    def _network_input_shape(self):
-        return self.network_input_shape_
-
-    # ------------------------------------------------------- components
-
-    def initialize(self):
-        NeuralNet.initialize(self)
-        self.augment_ = globallocal_views(
-            self.augmentation, "global", self.official_intensity
-        )
-        self.local_augment_ = globallocal_views(
-            self.local_augmentation, "local", self.official_intensity
-        )
-        self.normalizer_ = None  # the scaling is done per volume on loading
-        for key in ("_compiled_module", "_grad_scaler"):
-            self.__dict__.pop(key, None)
-        self.stages_ = ()
-        return self
-
-    def initialize_module(self):
-        if not hasattr(self, "network_input_shape_"):
-            raise AttributeError(
-                f"{type(self).__name__} builds its network from the shape of X: "
-                "call fit(X) instead of initialize()."
-            )
-        shape = self.network_input_shape_
-        kwargs = {
-            "dims": self._dims,
-            "in_channels": shape[0],
-            "channels": tuple(self.channels),
-            "input_size": shape[1:],
-            "hidden_dim": self.hidden_dim,
-            "out_dim": self.projection_dim,
-            "n_decoder_blocks": self.n_decoder_blocks,
-        }
-        kwargs.update(self.get_params_for("module"))
-        self.module_ = self.initialized_instance(self.module, kwargs)
-        fmt = self._memory_format(len(shape) + 1)
-        if fmt is not torch.contiguous_format:
-            self.module_ = self.module_.to(memory_format=fmt)
-        return self
-
-    def initialize_criterion(self):
-        kwargs = {
-            "strategy": self.strategy or "GD",
-            "temperature": self.temperature,
-            "pairing": self.gd_pairing,
-        }
-        kwargs.update(self.get_params_for("criterion"))
-        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
-        channels = tuple(self.channels)
-        local = {
-            "temperature": self.temperature,
-            "strategy": self.local or "LR",
-            "region_size": self.region_size,
-            "regions": self.regions,
-            "n_negatives": self.n_negatives,
-            "in_channels": channels[-1 - self.n_decoder_blocks],
-            "out_features": self.region_dim,
-        }
-        local.update(self.get_params_for("local_criterion"))
-        self.local_criterion_ = LocalContrastiveLoss(**local)
-        return self
-
-    def get_all_learnable_params(self):
-        """The parameters the current stage trains.
-
-        Global stage: the encoder and g1. Local stage: the first
-        ``n_decoder_blocks`` decoder blocks, g2 and the local criterion's W.
-        """
-        net = self._bare_module()
-        if self.__dict__.get("_stage", "global") == "global":
-            parts = [
-                ("unet.encoder", net.unet.encoder),
-                ("global_head", net.global_head),
-            ]
-        else:
-            blocks = net.unet.decoder_blocks[: self.n_decoder_blocks]
-            parts = [
-                ("unet.decoder_blocks", blocks),
-                ("local_head", net.local_head),
-                ("local_criterion", self.local_criterion_),
-            ]
-        for prefix, module in parts:
-            for name, param in module.named_parameters():
-                yield f"{prefix}.{name}", param
-
-    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        super().on_epoch_begin(net, dataset_train, dataset_valid, **kwargs)
-        self.history.record("stage", self.__dict__.get("_stage"))
-
-    # ------------------------------------------------------------ data
-
-    def _lazy(self, X):
-        return True
-
-    def _as_dataset(self, X, y, *, reset):
-        """Volumes as a :class:`VolumeDataset` with the scaling step appended."""
-        steps, cache, kwargs = [], self.cache, {}
-        if isinstance(X, VolumeDataset):
-            if X.preprocessing is not None:
-                steps.append(X.preprocessing)
-            cache = cache or X.cache
-            kwargs = {"dtype": X.dtype, "expected_ndim": X.expected_ndim}
-            X = X.X
-        elif not is_volume_collection(X):
-            cache = True  # in-memory arrays: scale each volume once
-        if self.preprocessing is not None:
-            steps.append(make_preprocessing(self.preprocessing))
-        if self.normalize == "percentile":
-            steps.append(PercentileScaling())
-        ds = as_volume_dataset(X, preprocessing=steps or None, cache=cache, **kwargs)
-        if reset and hasattr(self, "n_features_in_"):
-            del self.n_features_in_
-        check_input_shape(self, tuple(ds.sample_shape), reset=reset)
-        return ds
-
-    def _partition_dataset(self, volumes):
-        depth = None
-        if self._dims == 3:
-            depth = self.network_input_shape_[1]
-        return PartitionSliceDataset(
-            volumes,
-            n_partitions=self.n_partitions,
-            axis=self.slice_axis,
-            dims=self._dims,
-            slab_depth=self.slab_depth if self._dims == 3 else None,
-            output_depth=depth,
-        )
-
-    def get_iterator(self, dataset, training=False):
-        if not (training and isinstance(dataset, PartitionSliceDataset)):
-            return super().get_iterator(dataset, training=training)
-        kwargs = self.get_params_for("iterator_train")
-        for key in ("batch_size", "shuffle", "drop_last", "sampler"):
-            kwargs.pop(key, None)
-        stage = self.__dict__.get("_stage", "global")
-        m = min(max(1, self.batch_size // self.n_partitions), dataset.n_volumes)
-        steps = (
-            self._stage_iterations(stage)
-            or self.steps_per_epoch
-            or max(1, dataset.n_volumes // m)
-        )
-        if self._uniform_draws(stage):
-            draws = torch.utils.data.RandomSampler(
-                dataset, replacement=True, num_samples=steps * self.batch_size
-            )
-            sampler = torch.utils.data.BatchSampler(draws, self.batch_size, False)
-        else:
-            sampler = PartitionBatchSampler(
-                dataset.n_volumes,
-                dataset.n_slices,
-                n_partitions=self.n_partitions,
-                volumes_per_batch=m,
-                n_batches=steps,
-                n_sets=2 if self._official_gd(stage) else 1,
-            )
-        loader_defaults(kwargs, dataset, self.device)
-        return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
-
-    def _prepare(self, x):
-        """Batch to the device, in-plane resize to the network's input size."""
-        x = self._to_device(x).float()
-        size = tuple(self.network_input_shape_[-2:])
-        if tuple(x.shape[-2:]) != size:
-            if x.ndim == 4:
-                x = F.interpolate(
-                    x,
-                    size=size,
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=min(x.shape[-2:]) > min(size),
-                )
-            else:
-                x = F.interpolate(
-                    x,
-                    size=(x.shape[2], *size),
-                    mode="trilinear",
-                    align_corners=False,
-                )
-        return x
-
-    # -------------------------------------------------------- the step
-
-    def _global_views(self, x, gen):
-        with_original, n_augmented = _GLOBAL_VIEWS[self.strategy]
-        views = [x] if with_original else []
-        for _ in range(n_augmented):
-            views.append(
-                x if self.augment_ is None else self.augment_(x, generator=gen)
-            )
-        return views
-
-    def infer(self, x, **fit_params):
-        """Global stage: g1 embeddings of all views, rows ``[view 0 | view 1
-        | ...]``. Local stage: g2 maps of the two intensity views."""
-        x = self._prepare(x)
-        gen = self._generator(x.device)
-        net = self._net()
-        if self.__dict__.get("_stage", "global") == "global":
-            batch = torch.cat(self._global_views(x, gen))
-            with self._autocast():
-                z = net(self._as_input(batch), mode="global", **fit_params)
-            return z.float()
-        views = [
-            x if self.local_augment_ is None else self.local_augment_(x, generator=gen)
-            for _ in range(2)
-        ]
-        if self.freeze_encoder_bn:
-            self._bare_module().unet.encoder.eval()
-        with self._autocast():
-            f = net(self._as_input(torch.cat(views)), mode="local", **fit_params)
-        f1, f2 = f.float().chunk(2)
-        return f1, f2
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        if self.__dict__.get("_stage", "global") == "global":
-            z = y_pred
-            target = to_tensor(y_true, device=z.device)
-            n = target.shape[0]
-            n_views = z.shape[0] // n
-            volume, partition = target[:, 0], target[:, 1]
-            if self.strategy == "GR":
-                volume = torch.arange(n, device=z.device)  # one "volume" per slice
-            elif self._official_gd("global"):
-                # rows [set A | set B], S per volume: chain ids 2v (A), 2v + 1 (B)
-                row, half = torch.arange(n, device=z.device), n // 2
-                volume = 2 * ((row % half) // self.n_partitions) + row // half
-            view = torch.arange(n_views, device=z.device).repeat_interleave(n)
-            return self.criterion_(
-                z, volume.repeat(n_views), partition.repeat(n_views), view
-            )
-        f1, f2 = y_pred
-        target = to_tensor(y_true, device=f1.device)
-        volume, partition = target[:, 0], target[:, 1]
-        if f1.ndim == 5:
-            # 3-D maps: every depth plane is a 2-D map of its own
-            n, c, d = f1.shape[:3]
-            f1 = f1.transpose(1, 2).reshape(n * d, c, *f1.shape[3:])
-            f2 = f2.transpose(1, 2).reshape(n * d, c, *f2.shape[3:])
-            depth = torch.arange(d, device=f1.device).repeat(n)
-            volume = volume.repeat_interleave(d)
-            partition = partition.repeat_interleave(d) * d + depth
-        return self.local_criterion_(f1, f2, volume, partition)
-
-    def evaluation_step(self, batch, training=False):
-        self.check_is_fitted()
-        Xi, _ = unpack_data(batch)
-        with torch.set_grad_enabled(training):
-            self._set_training(training)
-            x = self._as_input(self._prepare(Xi))
-            with self._autocast():
-                out = self._bare_module().features(x, self.feature_layer)
-            return out.float()
-
     # ------------------------------------------------------ public API
-
-    def _run_stage(self, dataset, stage, epochs, fit_params):
-        self.__dict__["_stage"] = stage
-        if stage == "global":
-            reason = "Stage 'global': training the encoder and g1."
-        else:
-            reason = (
-                f"Stage 'local': training decoder blocks 1-{self.n_decoder_blocks}, "
-                "g2 and W; encoder frozen."
-            )
-        self._initialize_optimizer(reason=reason)
-        encoder = self._bare_module().unet.encoder
-        frozen = stage == "local"
-        if frozen:
-            encoder.requires_grad_(False)
-        try:
-            NeuralNet.partial_fit(self, dataset, None, epochs=epochs, **fit_params)
-        finally:
-            if frozen:
-                encoder.requires_grad_(True)
-        if stage not in self.stages_:
-            self.stages_ = (*self.stages_, stage)
 
     def _fit(self, X, y, fit_params, *, partial):
         self._check_params()
@@ -929,41 +530,6 @@ default="backbone"
         self : object
         """
         return self._fit(X, y, fit_params, partial=True)
-
-    # ------------------------------------------------------ fine-tuning
-
-    def _finetune_encoder(self, *, pretrained, pooling):
-        """Per-volume backbone for FineTunedClassifier/FineTunedRegressor.
-
-        The U-Net encoder (decoder and heads dropped) on every slice of a
-        volume, averaged over space, then pooled over the slices: the
-        ``"backbone"`` features of :meth:`transform`, made trainable.
-        """
-        if self._dims != 2:
-            raise ValueError(
-                "fine-tuning a GlobalLocalPretrainer as a classifier or regressor "
-                "needs dims=2 (slice encoder); with dims=3 use its features "
-                "(transform) or ContrastiveSegmenter."
-            )
-        if pretrained:
-            unet = copy.deepcopy(self._bare_module().unet)
-        else:
-            shape = self.network_input_shape_
-            kwargs = {"dims": 2, "in_channels": shape[0], "channels": self.channels}
-            unet = UNet(**kwargs)
-        if pooling == "auto":
-            pooling = "max" if self.aggregate == "max" else "mean"
-        return SliceSetEncoder(
-            UNetEncoder(unet),
-            slice_axis=self.slice_axis,
-            size=tuple(self.network_input_shape_[1:]),
-            pooling=pooling,
-        )
-
-    def _finetune_input(self):
-        """The per-volume scaling of the pretraining, for the fine-tuner."""
-        steps = [PercentileScaling()] if self.normalize == "percentile" else []
-        return ScaledVolumeInput(steps)
 
     def transform(self, X):
         """Global encoder features of each volume.
