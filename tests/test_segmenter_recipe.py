@@ -241,3 +241,24 @@ def test_recipe_parameters_are_validated(data):
     ):
         with pytest.raises(ValueError):
             ContrastiveSegmenter(**params, **TINY).fit(X, masks)
+
+
+def test_3d_segmenter_trains_with_the_official_recipe():
+    rng = np.random.default_rng(0)
+    X = rng.random((3, 16, 16, 8), dtype="float32")
+    masks = (X > 0.5).astype(int)
+    seg = ContrastiveSegmenter(
+        dims=3,
+        channels=(2, 4),
+        slice_size=16,
+        n_iterations=3,
+        batch_size=2,
+        augmentation="official",
+        validation_fraction=1,
+        validation_interval=2,
+        device="cpu",
+        random_state=0,
+        verbose=0,
+    ).fit(X, masks)
+    assert [s for s, _ in seg.validation_scores_] == [1, 3]
+    assert seg.predict(X).shape == X.shape
