@@ -299,13 +299,13 @@ def export(
     own; a mismatch beyond ``rtol``/``atol`` raises. Its input depends on
     the method:
 
-    ``YAwarePretrainer``, ``SimCLRPretrainer`` (and ``WSPPretrainer`` fitted
-    on tabular rows)
+    ``YAwarePretrainer``, ``SimCLRPretrainer``
         ``volumes``: a float batch of the fitted per-sample shape
         ``input_shape_`` with its channel axis (``(n, C, D, H, W)``, or
-        ``(n, F)`` for tabular input). It z-scores each sample when the
-        estimator does (``normalize="zscore"``): the output is what
-        ``transform`` returns for these arrays.
+        ``(n, F)`` for tabular input; a ``WSPPretrainer`` fitted on tabular
+        rows too). It z-scores each sample when the estimator does
+        (``normalize="zscore"``): the output is what ``transform`` returns
+        for these arrays.
     ``WSPPretrainer``
         ``slices``: a batch ``(n, C, h, w)`` of 2-D slices of the fitted
         volumes, ``(h, w)`` being the two axes other than ``slice_axis`` in
