@@ -376,6 +376,9 @@ def export(
         If the exported model's outputs differ from the estimator's.
     TypeError
         If the estimator is not a pretrainer this function can export.
+        Also for ``format="onnx"`` when WSP shrinks the slices to
+        ``slice_size``: the anti-aliased resize has no ONNX operator (use
+        TorchScript).
     ImportError
         For ``format="onnx"`` without onnx and onnxruntime.
 
@@ -394,6 +397,16 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}; got {format!r}.")
     spec = _spec(estimator)
+    size = getattr(spec.module, "size", None)
+    plane = spec.shapes[0][-2:]
+    if format == "onnx" and isinstance(spec.module, _SliceEncoder) and size:
+        if tuple(plane) != size and min(plane) > min(size):
+            raise ValueError(
+                f"format='onnx' cannot export the anti-aliased resize of the "
+                f"{plane[0]}x{plane[1]} slices to slice_size {size[0]} (ONNX has "
+                "no such operator): use format='torchscript', or fit with "
+                "slice_size=None on slices resized beforehand."
+            )
     inputs = _check_inputs(spec, X)
     path = Path(os.fspath(path))
     example = tuple(torch.as_tensor(x) for x in inputs)

@@ -24,6 +24,20 @@ def _needs(fmt):
         pytest.importorskip("onnxruntime", reason="format='onnx' needs the onnx extra")
 
 
+def clone_fitted(est, **params):
+    import copy
+
+    return copy.deepcopy(est).set_params(**params)
+
+
+def fmt_available(fmt):
+    import importlib.util
+
+    return fmt != "onnx" or all(
+        importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")
+    )
+
+
 def _runner(path, fmt):
     if fmt == "torchscript":
         with warnings.catch_warnings():
@@ -121,6 +135,15 @@ def test_wsp_export_resizes_and_zscores_each_slice(wsp_data, tmp_path):
     assert slices.shape[1:] == (1, 16, 10)  # the axes other than slice_axis
     feats = run(slices)
     _assert_close(feats.reshape(2, k, -1).max(axis=1), est.transform(X[:2]))
+    if fmt_available("onnx"):
+        # 16x10 slices to 12x12: no shrinking, no anti-aliasing, ONNX works
+        path = export(est, tmp_path / "wsp.onnx", format="onnx")
+        _assert_close(_runner(path, "onnx")(slices), feats)
+        # ONNX has no anti-aliased resize: refused before anything is written
+        shrinking = clone_fitted(est, slice_size=8)
+        with pytest.raises(ValueError, match="anti-aliased resize.*torchscript"):
+            export(shrinking, tmp_path / "small.onnx", format="onnx")
+        assert not (tmp_path / "small.onnx").exists()
     # per-slice z-scoring is inside: an affine intensity change is invisible
     np.testing.assert_allclose(run(4 * slices + 9), feats, rtol=1e-3, atol=1e-4)
     # the network alone, without resize and z-scoring, gives other features
