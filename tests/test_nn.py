@@ -4,10 +4,8 @@ import copy
 import doctest
 import inspect
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import sklearn_cl3d.nn as cl3d_nn
@@ -157,23 +155,16 @@ def _twins(mode, dtype=torch.float32, **kwargs):
 
 
 class _Counters:
-    """Counts the recomputing autograd function, ``checkpoint`` calls and
-    weight gradients computed as forward convolutions."""
+    """Counts the recomputing autograd function and ``checkpoint`` calls."""
 
     def __init__(self, monkeypatch):
-        self.fused, self.checkpoint, self.weight_grads = 0, [], []
+        self.fused, self.checkpoint = 0, []
         real_apply = _densenet._DenseLayerFunction.apply
         real_checkpoint = _densenet.checkpoint
-        real_weight_grad = _densenet._conv_weight_grad
 
         def apply(*args):
             self.fused += 1
             return real_apply(*args)
-
-        def weight_grad(grad_out, x, padding):
-            grad = real_weight_grad(grad_out, x, padding)
-            self.weight_grads.append(tuple(grad.shape))
-            return grad
 
         def counting_checkpoint(*args, **kwargs):
             self.checkpoint.append(kwargs.get("use_reentrant"))
@@ -181,7 +172,6 @@ class _Counters:
 
         monkeypatch.setattr(_densenet._DenseLayerFunction, "apply", apply)
         monkeypatch.setattr(_densenet, "checkpoint", counting_checkpoint)
-        monkeypatch.setattr(_densenet, "_conv_weight_grad", weight_grad)
 
 
 def _assert_same_run(ref, eff, x, train, exact=False):
@@ -191,13 +181,6 @@ def _assert_same_run(ref, eff, x, train, exact=False):
     torch.testing.assert_close(out_e, out_r, **tol)
     torch.testing.assert_close(gx_e, gx_r, **tol)
     for k in g_r:
-        if exact and k.endswith("conv2.weight") and x.device.type == "cpu":
-            # on the CPU the 3x3x3 weight gradient comes from a forward
-            # convolution: the same sums in another order
-            rtol = 1e-12 if x.dtype == torch.float64 else 1e-5
-            atol = rtol * float(g_r[k].abs().max())
-            torch.testing.assert_close(g_e[k], g_r[k], msg=k, rtol=rtol, atol=atol)
-            continue
         torch.testing.assert_close(g_e[k], g_r[k], msg=k, **tol)
     # BN running statistics (and batch counts) are updated exactly once
     sd_r, sd_e = ref.state_dict(), eff.state_dict()
@@ -213,64 +196,10 @@ def test_memory_efficient_recomputes_without_second_convolution(
     ref, eff = _twins(mode, dtype)
     counters = _Counters(monkeypatch)
     x = torch.randn(3, 1, 16, 16, 16, dtype=dtype)
-    # the recomputation replays the forward's own arithmetic: bit-identical,
-    # but for the 3x3x3 weight gradients (see _assert_same_run)
+    # the recomputation replays the forward's own arithmetic: bit-identical
     _assert_same_run(ref, eff, x, train=True, exact=True)
     assert counters.fused == 4  # one per dense layer
     assert counters.checkpoint == []
-    # each dense layer's 3x3x3 weight gradient, once
-    conv2 = [tuple(p.shape) for k, p in eff.named_parameters() if "conv2" in k]
-    assert len(conv2) == 4 and sorted(counters.weight_grads) == sorted(conv2)
-
-
-@pytest.mark.parametrize(
-    "spatial, kernel, padding",
-    [
-        ((6, 7, 5), (3, 3, 3), (1, 1, 1)),
-        ((6, 7, 5), (3, 1, 5), (0, 2, 1)),
-        ((4, 4, 4), (3, 3, 3), (0, 0, 0)),
-        ((2, 2, 2), (3, 3, 3), (1, 1, 1)),
-        ((9, 8), (3, 3), (1, 1)),
-    ],
-)
-def test_conv_weight_grad_is_the_backward_weight_gradient(spatial, kernel, padding):
-    gen = torch.Generator().manual_seed(0)
-    dims = len(spatial)
-    x = torch.randn(3, 5, *spatial, generator=gen, dtype=torch.float64)
-    weight = torch.randn(4, 5, *kernel, generator=gen, dtype=torch.float64)
-    conv = F.conv3d if dims == 3 else F.conv2d
-    out_shape = conv(x, weight, padding=padding).shape
-    grad_out = torch.randn(out_shape, generator=gen, dtype=torch.float64)
-    # naive reference: dW[o, i, k] = sum_n sum_q grad_out[n, o, q] x_pad[n, i, q + k]
-    pad = [p for pair in reversed(padding) for p in (pair, pair)]
-    x_pad = F.pad(x, pad)
-    expected = torch.zeros_like(weight)
-    for k in np.ndindex(*kernel):
-        spans = tuple(slice(k[a], k[a] + out_shape[2 + a]) for a in range(dims))
-        window = x_pad[(slice(None), slice(None), *spans)]
-        expected[(slice(None), slice(None)) + k] = torch.einsum(
-            "no...,ni...->oi", grad_out, window
-        )
-    got = _densenet._conv_weight_grad(grad_out, x, padding)
-    assert got.shape == weight.shape and got.is_contiguous()
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    # and what autograd's own backward kernel gives
-    w = weight.clone().requires_grad_(True)
-    (conv(x, w, padding=padding) * grad_out).sum().backward()
-    torch.testing.assert_close(got, w.grad, rtol=1e-12, atol=1e-12)
-
-
-def test_weight_grad_by_forward_convolution_only_where_it_applies():
-    x = torch.zeros(1, 2, 4, 4, 4)
-    applies = _densenet._weight_grad_as_convolution
-    assert applies(nn.Conv3d(2, 3, 3, padding=1, bias=False), x)
-    assert not applies(nn.Conv3d(2, 3, 1, bias=False), x)  # 1x1x1: a GEMM already
-    assert not applies(nn.Conv3d(2, 3, 3, stride=2, bias=False), x)
-    assert not applies(nn.Conv3d(2, 3, 3, dilation=2, bias=False), x)
-    assert not applies(nn.Conv3d(2, 4, 3, groups=2, bias=False), x)
-    assert not applies(nn.Conv3d(2, 3, 3, padding=1, padding_mode="reflect"), x)
-    assert not applies(nn.Conv3d(2, 3, 3, padding="same", bias=False), x)
-    assert not applies(nn.Conv3d(2, 3, 3, padding=1), x.to("meta"))
 
 
 def _saved_bytes(net, x):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from contextlib import nullcontext
 from numbers import Integral, Real
 
@@ -266,21 +265,6 @@ class BaseContrastivePretrainer(
         self.normalizer_ = ZScore() if self.normalize == "zscore" else None
         for key in ("_compiled_module", "_grad_scaler"):
             self.__dict__.pop(key, None)
-        if (
-            self._precision() == "bf16"
-            and self.device is not None
-            and torch.device(self.device).type == "cpu"
-            and any(isinstance(m, torch.nn.Conv3d) for m in self.module_.modules())
-        ):
-            warnings.warn(
-                "precision='bf16' on the CPU: oneDNN computes wrong bfloat16 "
-                "weight gradients for 3x3x3 convolutions on 2x2x2 feature maps "
-                "(e.g. DenseNet-121's last block at 64^3), which can make the "
-                "weights NaN. Use precision='fp32' (the CPU default of 'auto') "
-                "unless your maps stay larger.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
         return self
 
     # ------------------------------------------------ speed and precision

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .. import distributed as _dist
 from .._heap import cpu_heap_reuse
 from .._rng import FitRandomness
+from ..nn._cpu_kernels import low_precision_safe_convs
 from ._device import (
     _AUTOCAST_DTYPES,
     resolve_device,
@@ -392,13 +393,25 @@ class DevicePlumbingMixin:
     def _precision(self):
         return resolve_precision(self.precision, self.device)
 
+    @contextmanager
     def _autocast(self):
-        """Autocast context of ``precision`` (disabled for fp32)."""
+        """Autocast context of ``precision`` (disabled for fp32).
+
+        On the CPU the convolutions of ``module_`` that see tiny maps take
+        their weight gradients in float32 inside it
+        (:func:`sklearn_cl3d.nn._cpu_kernels.low_precision_safe_convs`: the
+        reduced-precision oneDNN kernel is wrong there).
+        """
         precision = self._precision()
         if precision == "fp32" or self.device is None:
-            return nullcontext()
+            yield
+            return
         kind = torch.device(self.device).type
-        return torch.autocast(kind, dtype=_AUTOCAST_DTYPES[precision])
+        module = self.__dict__.get("module_")
+        guard = kind == "cpu" and isinstance(module, torch.nn.Module)
+        with low_precision_safe_convs(module, enabled=guard):
+            with torch.autocast(kind, dtype=_AUTOCAST_DTYPES[precision]):
+                yield
 
     def _memory_format(self, ndim):
         return resolve_memory_format(self.memory_format, self.device, ndim)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ._cpu_kernels import MaxPool3d
+
 __all__ = ["DenseNet3D", "densenet121"]
 
 
@@ -96,55 +98,8 @@ def _batch_norm_relu(x, bn, mean, invstd):
     return torch.addcmul(shift.view(shape), x, scale.view(shape)).relu_()
 
 
-def _weight_grad_as_convolution(conv, x) -> bool:
-    """Whether :func:`_conv_weight_grad` computes ``conv``'s weight gradient.
-
-    On the CPU, oneDNN's backward-weights kernel for a stride-1 3x3x3
-    convolution takes 1.1 to 5 times as long as its forward kernel on the
-    same numbers (measured on a 2-core AMD Zen 3, batches of 2-16, 2^3 to
-    31x37x31 voxels, 128 -> 32 channels); the identity in
-    :func:`_conv_weight_grad` turns that gradient into a forward
-    convolution. Strided, dilated or grouped convolutions and other devices
-    keep the backward kernel.
-    """
-    return (
-        x.device.type == "cpu"
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-        and all(s == 1 for s in conv.stride)
-        and all(d == 1 for d in conv.dilation)
-        and any(k > 1 for k in conv.kernel_size)
-    )
-
-
-def _conv_weight_grad(grad_out, x, padding):
-    """Weight gradient of a stride-1, undilated, ungrouped convolution.
-
-    ``dW[o, i, k] = sum_n sum_q grad_out[n, o, q] * x_pad[n, i, q + k]`` is
-    itself a convolution once batch and channel axes swap places: input
-    ``x`` seen as ``(C_in, N, *spatial)``, kernel ``grad_out`` seen as
-    ``(C_out, N, *spatial_out)``, same zero padding. It has the forward's
-    FLOPs and runs through the forward kernel; the sums are the same, in
-    another order (float32 rounding differs in the last bits).
-    """
-    weight_t = torch.convolution(
-        x.transpose(0, 1),
-        grad_out.transpose(0, 1),
-        None,
-        [1] * (x.ndim - 2),
-        list(padding),
-        [1] * (x.ndim - 2),
-        False,
-        [0] * (x.ndim - 2),
-        1,
-    )
-    return weight_t.transpose(0, 1).contiguous()
-
-
 def _conv_backward(grad_out, x, conv, need_weight):
     """Input and weight gradients of a bias-free convolution ``conv(x)``."""
-    by_forward = need_weight and _weight_grad_as_convolution(conv, x)
     grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
         grad_out,
         x,
@@ -156,10 +111,8 @@ def _conv_backward(grad_out, x, conv, need_weight):
         False,
         [0] * (x.ndim - 2),
         conv.groups,
-        [True, need_weight and not by_forward, False],
+        [True, need_weight, False],
     )
-    if by_forward:
-        grad_w = _conv_weight_grad(grad_out, x, conv.padding)
     return grad_x, grad_w
 
 
@@ -171,10 +124,8 @@ class _DenseLayerFunction(torch.autograd.Function):
     output of ``bn1``/ReLU and the output of ``bn2``/ReLU: the bulk of a
     DenseNet's activation memory. Here they are recomputed in backward from
     the saved batch statistics. These are memory-bound elementwise operations,
-    so no convolution runs twice and the gradients are those of plain autograd
-    (the 3x3x3 weight gradient on the CPU up to rounding: see
-    :func:`_conv_weight_grad`). The running statistics are updated once, in
-    forward.
+    so no convolution runs twice and the gradients are those of plain autograd,
+    bit for bit. The running statistics are updated once, in forward.
     """
 
     @staticmethod
@@ -437,20 +388,14 @@ class DenseNet3D(nn.Module):
         ``features.norm5`` is applied to the last feature map.
     memory_efficient : bool or "auto", default="auto"
         What dense layers keep for the backward pass. Outputs, gradients and
-        BatchNorm running statistics are the same in every mode (up to
-        float rounding of the 3x3x3 weight gradients on the CPU, below).
+        BatchNorm running statistics are the same in every mode, bit for bit.
 
         - ``"auto"``: in float training with batch statistics (no autocast,
           no ``torch.compile``, plain ``BatchNorm3d``), each dense layer keeps
           only its inputs and the output of its 1x1x1 convolution, and
           recomputes the concatenation and both BN-ReLU in backward. No
           convolution runs twice, and this saves about a fifth of the peak
-          memory of a DenseNet-121 step. On the CPU the weight gradient of
-          the 3x3x3 convolution is computed as a forward convolution (batch
-          and channel axes swapped), which oneDNN runs up to 5 times faster
-          than its backward-weights kernel: a DenseNet-121 step at 64³ with
-          8 pairs took 19 % less time on a 2-core CPU. Otherwise everything
-          is stored.
+          memory of a DenseNet-121 step. Otherwise everything is stored.
         - True: as ``"auto"`` where it applies; elsewhere (autocast,
           SyncBatchNorm, ...) the concatenation-BN-ReLU-Conv1 bottleneck is
           recomputed by ``torch.utils.checkpoint`` (non-reentrant), which
@@ -528,7 +473,7 @@ class DenseNet3D(nn.Module):
             ),
             norm0=nn.BatchNorm3d(num_init_features),
             relu0=nn.ReLU(inplace=True),
-            pool0=nn.MaxPool3d(kernel_size=3, stride=2, padding=1),
+            pool0=MaxPool3d(kernel_size=3, stride=2, padding=1),
         )
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):

@@ -1,0 +1,200 @@
+"""Shared harness of the benchmarks that compare the library with an official
+implementation: each side runs in its own fresh process, the sides alternate,
+and the parent collects one JSON record per run.
+
+A script describes its sides as functions ``side(cfg) -> dict`` (run in the
+child) and calls :func:`main`::
+
+    SIDES = {"official": official_side, "library": library_side}
+    if __name__ == "__main__":
+        main(__file__, SIDES, add_arguments, default_out)
+
+``--official PATH`` names a checkout of the official repository; without it
+every side whose name starts with ``official`` is skipped (and said so in the
+JSON). The official code is imported from that checkout at run time; nothing
+of it is copied here. Run-time patches a side needs to make the official code
+run are recorded by the side in its result (``"patches"``).
+
+The children time steps with :class:`StepClock` and report the peak RSS
+(``VmHWM``), so memory is per side and not inherited from the parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _bench_common import gib, loadavg, machine, peak_rss_bytes
+
+HERE = Path(__file__).resolve().parent
+
+
+class StepClock:
+    """Wall and process-CPU time of successive steps, warm-up excluded."""
+
+    def __init__(self, warmup):
+        self.warmup = int(warmup)
+        self.wall, self.cpu = [], []
+        self._n = 0
+        self._t = self._c = None
+
+    def start(self):
+        self._t, self._c = time.perf_counter(), time.process_time()
+
+    def stop(self):
+        wall = time.perf_counter() - self._t
+        cpu = time.process_time() - self._c
+        self._n += 1
+        if self._n > self.warmup:
+            self.wall.append(wall)
+            self.cpu.append(cpu)
+
+    def tick(self):
+        """Stop the running step (if any) and start the next one."""
+        if self._t is not None:
+            self.stop()
+        self.start()
+
+    def result(self):
+        if not self.wall:
+            return {"step_wall_s": None}
+        return {
+            "step_wall_s": statistics.median(self.wall),
+            "step_cpu_s": statistics.median(self.cpu),
+            "steps_wall_s": self.wall,
+            "peak_rss_gib": gib(peak_rss_bytes()),
+        }
+
+
+def _child(script_globals, sides):
+    cfg = json.loads(os.environ["CL3D_BENCH_CFG"])
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    name = cfg["side"]
+    out = sides[name](cfg)
+    out["side"] = name
+    out["loadavg_after"] = loadavg()
+    print("CL3D_BENCH_RESULT " + json.dumps(out), flush=True)
+
+
+def run_side(script, cfg, side, timeout):
+    """Run one side in a fresh process and return its JSON record."""
+    env = dict(os.environ)
+    env["CL3D_BENCH_CFG"] = json.dumps({**cfg, "side": side})
+    env["OMP_NUM_THREADS"] = str(cfg["threads"])
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(script), "--child"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(HERE),
+    )
+    for line in proc.stdout.splitlines()[::-1]:
+        if line.startswith("CL3D_BENCH_RESULT "):
+            rec = json.loads(line[len("CL3D_BENCH_RESULT "):])
+            rec["process_wall_s"] = time.perf_counter() - t0
+            return rec
+    return {
+        "side": side,
+        "error": f"exit {proc.returncode}",
+        "stderr_tail": proc.stderr[-3000:],
+    }
+
+
+def _summary(records, sides, baseline):
+    out = {}
+    for side in sides:
+        runs = [r for r in records if r.get("side") == side and r.get("step_wall_s")]
+        if not runs:
+            continue
+        out[side] = {
+            "median_step_wall_s": statistics.median(r["step_wall_s"] for r in runs),
+            "median_step_cpu_s": statistics.median(r["step_cpu_s"] for r in runs),
+            "median_peak_rss_gib": statistics.median(r["peak_rss_gib"] for r in runs),
+            "runs": len(runs),
+        }
+    base = out.get(baseline)
+    if base:
+        for side, rec in out.items():
+            rec["speedup_vs_" + baseline] = (
+                base["median_step_wall_s"] / rec["median_step_wall_s"]
+            )
+            # per round: the baseline's run and this side's run of the same round
+            pairs = []
+            for rnd in {r["round"] for r in records}:
+                b = [r for r in records if r["round"] == rnd and r["side"] == baseline]
+                s = [r for r in records if r["round"] == rnd and r["side"] == side]
+                if b and s and b[0].get("step_wall_s") and s[0].get("step_wall_s"):
+                    pairs.append(b[0]["step_wall_s"] / s[0]["step_wall_s"])
+            rec["speedup_per_round"] = sorted(pairs)
+    return out
+
+
+def main(
+    script, sides, add_arguments, default_out, baseline="official", on_request=()
+):
+    """Parse the command line, run the sides alternately and write the JSON."""
+    if "--child" in sys.argv:
+        _child(None, sides)
+        return None
+    parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__)
+    parser.add_argument("--official", type=Path, default=None,
+                        help="checkout of the official repository")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds; each round runs every side once")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sides", nargs="*", default=None,
+                        help="only these sides (default: all)")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    add_arguments(parser)
+    args = parser.parse_args()
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if args.sides:
+        names = [s for s in sides if s in args.sides]
+    else:
+        names = [s for s in sides if s not in on_request]
+    skipped = []
+    if args.official is None or not args.official.is_dir():
+        skipped = [s for s in names if s.startswith("official")]
+        names = [s for s in names if s not in skipped]
+    records = []
+    for rnd in range(args.repeats):
+        order = names if rnd % 2 == 0 else names[::-1]
+        for side in order:
+            rec = run_side(script, cfg, side, args.timeout)
+            rec["round"] = rnd
+            records.append(rec)
+            wall = rec.get("step_wall_s")
+            shown = f"{wall:.3f} s/step" if wall else rec.get("error", "done")
+            print(f"round {rnd + 1}/{args.repeats} {side}: {shown}", flush=True)
+    summary = _summary(records, names, baseline)
+    payload = {
+        "command": "python " + " ".join([Path(script).name] + sys.argv[1:]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine("cpu", threads=args.threads),
+        "config": {k: v for k, v in cfg.items() if k not in ("out",)},
+        "skipped": {s: "no --official checkout given" for s in skipped},
+        "summary": summary,
+        "runs": records,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1))
+    for side, rec in summary.items():
+        extra = ""
+        if "speedup_vs_" + baseline in rec:
+            extra = f"  x{rec['speedup_vs_' + baseline]:.2f} vs {baseline}"
+        print(f"{side:28s} {rec['median_step_wall_s']:.3f} s/step  "
+              f"{rec['median_peak_rss_gib']:.2f} GiB{extra}")
+    print(f"wrote {args.out}")
+    return payload
