@@ -287,10 +287,10 @@ def test_cutout_value_and_fraction():
 
 
 def test_large_noise_fields_do_not_depend_on_the_thread_count():
-    from sklearn_cl3d.augment import _transforms
+    from sklearn_cl3d.augment import _core
 
     shape = (2, 1, 64, 128, 128)  # above the parallel threshold
-    assert math.prod(shape) >= _transforms._PARALLEL_NORMAL_MIN
+    assert math.prod(shape) >= _core._PARALLEL_NORMAL_MIN
     threads = torch.get_num_threads()
     fields = []
     try:
@@ -363,7 +363,7 @@ def test_crop_matches_naive_reference(shape, mode, fraction):
     ],
 )
 def test_separable_resize_equals_interpolate(shape, size, mode):
-    from sklearn_cl3d.augment._transforms import _separable_resize
+    from sklearn_cl3d.augment._spatial import _separable_resize
 
     x = _rand(shape, dtype=torch.float64)
     expected = F.interpolate(x, size=size, mode=mode, align_corners=False)
