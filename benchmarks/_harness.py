@@ -141,9 +141,17 @@ def _summary(records, sides, baseline):
 
 
 def main(
-    script, sides, add_arguments, default_out, baseline="official", on_request=()
+    script, sides, add_arguments, default_out, baseline="official", on_request=(),
+    configure=None, notes=None,
 ):
-    """Parse the command line, run the sides alternately and write the JSON."""
+    """Parse the command line, run the sides alternately and write the JSON.
+
+    ``configure(args, parser)``, if given, runs after parsing (before any
+    child): it may adjust ``args`` (a ``--quick`` preset, say) or call
+    ``parser.error``. ``notes`` (a dict) is written to the JSON as it is:
+    what a script records once per run, such as why an official side cannot
+    run here.
+    """
     if "--child" in sys.argv:
         _child(None, sides)
         return None
@@ -159,6 +167,8 @@ def main(
     parser.add_argument("--out", type=Path, default=Path(default_out))
     add_arguments(parser)
     args = parser.parse_args()
+    if configure is not None:
+        configure(args, parser)
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     if args.sides:
         names = [s for s in sides if s in args.sides]
@@ -185,6 +195,7 @@ def main(
         "machine": machine("cpu", threads=args.threads),
         "config": {k: v for k, v in cfg.items() if k not in ("out",)},
         "skipped": {s: "no --official checkout given" for s in skipped},
+        **({"notes": notes} if notes else {}),
         "summary": summary,
         "runs": records,
     }
