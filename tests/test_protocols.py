@@ -36,6 +36,7 @@ from sklearn_cl3d.data import SliceDataset
 from sklearn_cl3d.estimators._device import resolve_precision
 from sklearn_cl3d.nn import ResNet2D
 from sklearn_cl3d.protocols import PROTOCOLS, ProtocolRecipe, official_protocol
+from sklearn_cl3d.protocols._recipe import _fmt
 
 CLASSES = {
     "YAwarePretrainer": YAwarePretrainer,
@@ -90,7 +91,7 @@ def test_tables_are_generated_from_the_recipes():
             else:
                 cls = CLASSES[a.estimator]
                 assert row["parameter"] == f"{a.estimator}.{a.parameter}"
-                assert row["default"] == protocols._fmt(cls().get_params()[a.parameter])
+                assert row["default"] == _fmt(cls().get_params()[a.parameter])
         assert rst in protocols.__doc__  # the module page shows every table
         assert recipe.gaps() == [a for a in recipe.aspects if a.parameter is None]
 

@@ -1,0 +1,194 @@
+"""The official protocol of global-local contrastive learning
+(Chaitanya et al., NeurIPS 2020)."""
+
+from __future__ import annotations
+
+from ._recipe import Aspect, ProtocolRecipe
+
+__all__ = []
+
+
+def _ld_negatives(estimator):
+    return 4 if getattr(estimator, "local", None) == "LD" else 5
+
+
+_GLOBALLOCAL = ProtocolRecipe(
+    "globallocal",
+    "Global-local (Chaitanya et al., NeurIPS 2020; krishnabits001/domain_specific_cl)",
+    (
+        Aspect(
+            "pretraining",
+            "global strategy",
+            "G^D",
+            "GlobalLocalPretrainer",
+            "strategy",
+            "GD",
+        ),
+        Aspect(
+            "pretraining",
+            "local strategy",
+            "L^R",
+            "GlobalLocalPretrainer",
+            "local",
+            "LR",
+        ),
+        Aspect(
+            "pretraining",
+            "global stage length",
+            "10,001 iterations",
+            "GlobalLocalPretrainer",
+            "n_iterations",
+            10001,
+            "default: max_epochs epochs",
+        ),
+        Aspect(
+            "pretraining",
+            "local stage length",
+            "10,001 iterations",
+            "GlobalLocalPretrainer",
+            "local_iterations",
+            10001,
+            "default: local_epochs epochs",
+        ),
+        Aspect(
+            "pretraining",
+            "learning rate",
+            "1e-3 (Adam)",
+            "GlobalLocalPretrainer",
+            "lr",
+            1e-3,
+        ),
+        Aspect(
+            "pretraining", "partitions", "4", "GlobalLocalPretrainer", "n_partitions", 4
+        ),
+        Aspect(
+            "pretraining",
+            "local regions",
+            "13 hand-placed 3x3 regions",
+            "GlobalLocalPretrainer",
+            "regions",
+            "official13",
+        ),
+        Aspect(
+            "pretraining",
+            "local negatives",
+            "5 for L^R, 4 for L^D",
+            "GlobalLocalPretrainer",
+            "n_negatives",
+            _ld_negatives,
+            "set from local",
+        ),
+        Aspect(
+            "pretraining",
+            "intensity draws",
+            "one tied draw per call",
+            "GlobalLocalPretrainer",
+            "official_intensity",
+            True,
+        ),
+        Aspect(
+            "pretraining",
+            "precision",
+            "fp32",
+            "GlobalLocalPretrainer",
+            "precision",
+            "fp32",
+            "default: bf16 on CUDA",
+        ),
+        Aspect(
+            "pretraining",
+            "G^D pairs",
+            "two volume sets, cyclic chain, no cross-volume orig-aug pairs",
+            "GlobalLocalPretrainer",
+            "gd_pairing",
+            "official",
+            "default: one set, all pairs; the official all-zero block is left out",
+        ),
+        Aspect(
+            "pretraining",
+            "G^R / L^R slice draws",
+            "uniform over all slices",
+            "GlobalLocalPretrainer",
+            "slice_sampling",
+            "uniform",
+            "default: one slice per partition",
+        ),
+        Aspect(
+            "pretraining",
+            "several processes",
+            "single GPU",
+            note="no cross-process gathering of embeddings",
+        ),
+        Aspect(
+            "fine-tuning",
+            "loss",
+            "Dice only (background included)",
+            "ContrastiveSegmenter",
+            "ce_weight",
+            0.0,
+            "Dice + CE by default",
+        ),
+        Aspect(
+            "fine-tuning",
+            "background in the Dice",
+            "included",
+            "ContrastiveSegmenter",
+            "include_background",
+            True,
+        ),
+        Aspect(
+            "fine-tuning", "batch size", "20", "ContrastiveSegmenter", "batch_size", 20
+        ),
+        Aspect(
+            "fine-tuning",
+            "learning rate",
+            "1e-3 (Adam)",
+            "ContrastiveSegmenter",
+            "lr",
+            1e-3,
+        ),
+        Aspect(
+            "fine-tuning",
+            "precision",
+            "fp32",
+            "ContrastiveSegmenter",
+            "precision",
+            "fp32",
+            "default: bf16 on CUDA",
+        ),
+        Aspect(
+            "fine-tuning",
+            "length",
+            "10,001 iterations",
+            "ContrastiveSegmenter",
+            "n_iterations",
+            10001,
+            "default: max_epochs epochs",
+        ),
+        Aspect(
+            "fine-tuning",
+            "augmentation",
+            "rotation, scale, flip, elastic",
+            "ContrastiveSegmenter",
+            "augmentation",
+            "official",
+        ),
+        Aspect(
+            "evaluation",
+            "checkpoint",
+            "best validation Dice on 2 validation volumes",
+            "ContrastiveSegmenter",
+            "validation_fraction",
+            2,
+            "2 volumes of X held out; X_val, y_val of fit replace them",
+        ),
+        Aspect(
+            "evaluation",
+            "validation interval",
+            "every 50 iterations",
+            "ContrastiveSegmenter",
+            "validation_interval",
+            50,
+        ),
+    ),
+)
