@@ -22,6 +22,20 @@ configuration (they run from the smallest to the largest).
 It writes a JSON file (``--out``) with machine info, the configuration and
 the results, and prints a short summary. See ``benchmarks/README.md``.
 
+**No side of the official code.** The official code
+(https://github.com/krishnabits001/domain_specific_cl, e5aae80) is
+TensorFlow 1 graph code (``tf.placeholder``, ``tf.Session``, ``tf.layers``,
+``tf.contrib.image.dense_image_warp``; written for TF 1.12 and Python 3.6)
+and cannot run here: the package index has no TensorFlow 1.x for this
+Python (3.11; its oldest TensorFlow is 2.12), and TensorFlow 2 has no
+``tf.contrib``. Its graph could only be built through TF 2.15's
+``tf.compat.v1`` with the ``tensorflow`` module swapped for it (as the spec
+did to check the loss functions), which is not the published code's
+environment, and TF 2.15 requires numpy < 2 (this environment has numpy 2),
+so it could not share a process or an environment with the library. The
+JSON says so under ``skipped``; the plain PyTorch loop is the library's own
+reference, not a stand-in for the official code's speed.
+
 Usage::
 
     python benchmarks/bench_globallocal.py            # 192^2 and 64^3, CPU
@@ -59,6 +73,16 @@ from sklearn_cl3d import GlobalLocalPretrainer
 from sklearn_cl3d.losses import GlobalContrastiveLoss, LocalContrastiveLoss
 
 MIB = 1024**2
+OFFICIAL_SKIPPED = {
+    "official": (
+        "krishnabits001/domain_specific_cl (e5aae80) is TensorFlow 1 graph code "
+        "(tf.placeholder, tf.Session, tf.layers, tf.contrib; TF 1.12, Python "
+        "3.6); the package index has no TensorFlow 1.x for Python 3.11 (oldest: "
+        "2.12) and TF 2 has no tf.contrib; TF 2.15's tf.compat.v1 could build "
+        "its graph with the tensorflow module swapped, but TF 2.15 requires "
+        "numpy < 2 and this environment has numpy 2"
+    )
+}
 N_PARTITIONS = 4
 SLICES_PER_PARTITION_2D = 8  # 2-D volumes have 4 x 8 = 32 slices
 
@@ -540,6 +564,7 @@ def main(argv=None):
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "machine": _machine_info(device, threads),
         "config": cfg,
+        "skipped": OFFICIAL_SKIPPED,
         "results": {},
     }
     out["machine"]["loadavg_at_start"] = _loadavg()
