@@ -25,11 +25,11 @@ from sklearn_cl3d.data import (
 )
 from sklearn_cl3d.datasets import make_lung_cohort
 from sklearn_cl3d.estimators._drasclr import (
-    _locations,
     _RandomAffine3D,
     _RandomContrast,
     lung_like_mask,
 )
+from sklearn_cl3d.estimators._drasclr_data import _locations
 from sklearn_cl3d.nn import DrasCLRMoCo, DrasCLRNet
 
 LANDMARKS = [[0, 0, 0], [0, 8, 8], [8, 8, 0]]

@@ -3,7 +3,6 @@ landmarks (Yu et al., Medical Image Analysis 2023)."""
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from numbers import Integral, Real
@@ -11,41 +10,30 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
-from skorch import NeuralNet
 from skorch.callbacks import LRScheduler
-from skorch.dataset import Dataset, unpack_data
+from skorch.dataset import Dataset
 
-from ..augment import make_augmentation
 from ..augment._drasclr import (
     RandomAffine3D as _RandomAffine3D,  # noqa: F401 (the old private names)
     RandomContrast as _RandomContrast,  # noqa: F401
-    drasclr_augmentation,
 )
 from ..data._atlas import (  # noqa: F401 (lung_like_mask: its old home)
     LUNG_THRESHOLD_HU,
-    fit_landmarks,
     lung_like_mask,
 )
-from ..data._landmarks import routing_locations as _locations
 from ..data._patches import (
-    LandmarkPatchDataset,
-    LocationMajorBatchSampler,
     VolumeSource,
     check_affines,
-    patch_bank,
-    window_patches,
 )
 from ..losses import DrasCLRLoss
-from ..nn import DrasCLRMoCo, DrasCLRNet
-from ..nn._drasclr import freeze_routing
-from ..nn._pooled import LandmarkSetEncoder
+from ..nn import DrasCLRMoCo
 from ._base import BaseContrastivePretrainer
-from ._transfer import LandmarkPatchInput
+from ._drasclr_data import DrasCLRDataMixin
+from ._drasclr_steps import _REP_DIM, DrasCLRStepMixin
 
 __all__ = ["DrasCLREncoder"]
 
 POOLINGS = ("mean", "max", "none")
-_REP_DIM = 128
 
 # base-class parameters that have no meaning here (fixed network, own views)
 _UNUSED_BASE_PARAMS = (
@@ -63,7 +51,7 @@ _UNUSED_BASE_PARAMS = (
 # ---------------------------------------------------------------- estimator
 
 
-class DrasCLREncoder(BaseContrastivePretrainer):
+class DrasCLREncoder(DrasCLRStepMixin, DrasCLRDataMixin, BaseContrastivePretrainer):
     """DrasCLR: anatomy-aware contrastive pretraining on patches at landmarks.
 
     Yu et al., Medical Image Analysis 2023. Every volume is cut into
@@ -422,193 +410,6 @@ class DrasCLREncoder(BaseContrastivePretrainer):
             if param.requires_grad:
                 yield name, param
 
-    def initialize(self):
-        NeuralNet.initialize(self)
-        if isinstance(self.augmentation, str) and self.augmentation == "drasclr":
-            self.augment_ = drasclr_augmentation()
-        else:
-            self.augment_ = make_augmentation(self.augmentation)
-        self.normalizer_ = None
-        for key in ("_compiled_module", "_grad_scaler"):
-            self.__dict__.pop(key, None)
-        return self
-
-    def initialize_module(self):
-        if not hasattr(self, "landmarks_"):
-            raise AttributeError(
-                f"{type(self).__name__} builds its network and queues from the "
-                "landmarks found in the data: call fit(X) instead of initialize()."
-            )
-        kwargs = {
-            "n_landmarks": self.n_landmarks_,
-            "in_channels": self.input_shape_[0],
-            "n_experts": self.n_experts,
-            "rep_dim": _REP_DIM,
-            "projection_dim": self.projection_dim,
-            "queue_size": self.queue_size,
-            "momentum": self.momentum,
-        }
-        kwargs.update(self.get_params_for("module"))
-        self.module_ = self.initialized_instance(self.module, kwargs)
-        if not self.conditioning:
-            freeze_routing(self.module_)
-        fmt = self._memory_format(5)
-        if fmt is not torch.contiguous_format:
-            self.module_ = self.module_.to(memory_format=fmt)
-        return self
-
-    # ------------------------------------------------------------ data
-
-    def _lazy(self, X):
-        return True
-
-    def _metadata(self, n_samples, y, fit_params):
-        self.__dict__["_affines"] = fit_params.pop("affines", None)
-        return None
-
-    def _subject_patches(self, source, i, landmarks, affines, n_channels=None):
-        """Clipped, window-shifted patches (L, C, P, P, P) of volume ``i``."""
-        return window_patches(
-            source, i, landmarks, self.patch_size, self._window(), affines, n_channels
-        )
-
-    def _as_dataset(self, X, y, *, reset):
-        source = VolumeSource(X, preprocessing=self.preprocessing)
-        n = len(source)
-        if n < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs at least 2 volumes (BatchNorm and the "
-                f"contrast are over subjects); got {n}."
-            )
-        affines = check_affines(self.__dict__.get("_affines"), n)
-        if reset:
-            landmarks, neighbors, atlas_shape = fit_landmarks(
-                source,
-                affines,
-                landmarks=self.landmarks,
-                atlas_mask=self.atlas_mask,
-                patch_size=self.patch_size,
-                stride=self.landmark_stride,
-                min_fraction=self.landmark_min_fraction,
-                n_neighbors=self.n_neighbors,
-                stacklevel=4,
-            )
-            n_channels = None
-        else:
-            landmarks, neighbors = self.landmarks_, self.neighbors_
-            n_channels = self.input_shape_[0]
-        bank = patch_bank(
-            source, landmarks, self.patch_size, self._window(), affines, n_channels
-        )
-        if reset:
-            self.landmarks_ = landmarks
-            self.neighbors_ = neighbors
-            self.locations_ = _locations(landmarks)
-            self.n_landmarks_ = len(landmarks)
-            self.atlas_shape_ = atlas_shape
-            self.input_shape_ = tuple(int(s) for s in bank.shape[2:])
-            if hasattr(self, "n_features_in_"):
-                del self.n_features_in_
-        return LandmarkPatchDataset(bank, neighbors)
-
-    def get_dataset(self, X, y=None):
-        if isinstance(X, torch.utils.data.Dataset):
-            return X
-        return super().get_dataset(X, y)
-
-    def get_iterator(self, dataset, training=False):
-        if not (training and isinstance(dataset, LandmarkPatchDataset)):
-            return super().get_iterator(dataset, training=training)
-        kwargs = self.get_params_for("iterator_train")
-        for key in ("batch_size", "shuffle", "drop_last", "sampler"):
-            kwargs.pop(key, None)
-        sampler = LocationMajorBatchSampler(
-            dataset.n_landmarks, dataset.n_subjects, self.batch_size
-        )
-        if self.device is not None and torch.device(self.device).type == "cuda":
-            kwargs.setdefault("pin_memory", True)
-        return self.iterator_train(dataset, batch_sampler=sampler, **kwargs)
-
-    # -------------------------------------------------------- the step
-
-    def _moco(self):
-        """``module_`` without a DistributedDataParallel wrapper."""
-        module = self.module_
-        while isinstance(module, torch.nn.parallel.DistributedDataParallel):
-            module = module.module
-        return module
-
-    def _scale(self, x):
-        low, high = self._window()
-        return x / ((high - low) / 2) - 1
-
-    def _view(self, x):
-        if self.augment_ is None:
-            return x
-        return self.augment_(x, generator=self._generator(x.device))
-
-    def infer(self, x, **fit_params):
-        """Query, key and neighbour embeddings of one location-major batch.
-
-        Returns ``(q, k, neighbors, landmark)``: ``q`` and ``k`` of shape
-        (B, projection_dim), ``neighbors`` (B, n_neighbors, projection_dim).
-        """
-        patches = self._to_device(x["patches"]).float()
-        nbrs = self._to_device(x["neighbors"]).float()
-        # landmark ids stay on the host (no device sync for the routing)
-        marks = torch.as_tensor(x["landmark"]).reshape(-1).cpu()
-        landmark = int(marks[0])
-        if not bool((marks == landmark).all()):
-            raise ValueError(
-                "DrasCLR batches must be location-major: all anchors of a batch "
-                f"at one landmark; got landmarks {sorted(set(marks.tolist()))}."
-            )
-        batch, k = nbrs.shape[:2]
-        locations = torch.as_tensor(self.locations_, device=patches.device)
-        neighbors = torch.as_tensor(self.neighbors_[landmark], device=patches.device)
-        loc_anchor = locations[landmark].expand(batch, -1)
-        loc_nbrs = locations[neighbors].repeat(batch, 1)
-        v1 = self._scale(self._view(patches))
-        v2 = self._scale(self._view(patches))
-        # the k neighbour patches of a subject are channels of one draw
-        stacked = nbrs.reshape(batch, -1, *nbrs.shape[3:])
-        v3 = self._scale(self._view(stacked)).reshape(batch * k, *nbrs.shape[2:])
-        net = self._net()
-        with self._autocast():
-            q = net(self._as_input(v1), loc_anchor)
-            r = net(self._as_input(v3), loc_nbrs).reshape(batch, k, -1)
-            moco = self._moco()
-            if moco.training:
-                moco.momentum_update(self.momentum)
-            key = moco.keys(self._as_input(v2), loc_anchor)
-        # the loss runs in float32 whatever the autocast precision
-        return q.float(), key.float(), r.float(), landmark
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        q, key, neighbors, landmark = y_pred
-        moco = self._moco()
-        queue = moco.queue[landmark].clone()
-        local, neighbor, total = self.criterion_(q, key, neighbors, queue)
-        if training:
-            moco.enqueue(key, landmark)
-            if self.history:
-                self.history.record_batch("local_loss", float(local.detach()))
-                self.history.record_batch("neighbor_loss", float(neighbor.detach()))
-        return total
-
-    def evaluation_step(self, batch, training=False):
-        self.check_is_fitted()
-        Xi, _ = unpack_data(batch)
-        patches = self._to_device(Xi["patches"]).float()
-        marks = self._to_device(Xi["landmark"]).long()
-        locations = torch.as_tensor(self.locations_, device=patches.device)[marks]
-        with torch.set_grad_enabled(training):
-            self._set_training(training)
-            x = self._as_input(self._scale(patches))
-            with self._autocast():
-                out = self._moco().encode(x, locations)
-            return out.float()
-
     # ------------------------------------------------------ public API
 
     def _fit_with(self, X, y, affines, fit_params, partial):
@@ -666,37 +467,7 @@ class DrasCLREncoder(BaseContrastivePretrainer):
         """
         return self._fit_with(X, y, affines, fit_params, partial=True)
 
-    # ------------------------------------------------------ fine-tuning
-
-    def _finetune_encoder(self, *, pretrained, pooling):
-        """Per-volume backbone for FineTunedClassifier/FineTunedRegressor.
-
-        The query encoder (MoCo head, key network and queues dropped) on the
-        patches at every landmark, with their locations, then pooled over
-        the landmarks.
-        """
-        if pretrained:
-            net = copy.deepcopy(self._moco().query)
-        else:
-            kwargs = {
-                "in_channels": self.input_shape_[0],
-                "n_experts": self.n_experts,
-                "rep_dim": _REP_DIM,
-                "projection_dim": self.projection_dim,
-            }
-            net = DrasCLRNet(**kwargs)
-            if not self.conditioning:
-                freeze_routing(net)
-        del net.head  # the MoCo head plays no part in the representation
-        if pooling == "auto":
-            pooling = "max" if self.pooling == "max" else "mean"
-        return LandmarkSetEncoder(net, self.locations_, pooling=pooling)
-
-    def _finetune_input(self):
-        """How the fine-tuner builds the landmark patches of a volume."""
-        return LandmarkPatchInput(
-            self.landmarks_, self.patch_size, self._window(), self.input_shape_[0]
-        )
+    # -------------------------------------------------------- transform
 
     def transform_patches(self, X, affines=None):
         """Representation of every landmark patch of every volume.
