@@ -28,7 +28,10 @@ alike; ratios library / reference are reported of the medians and paired
 per round.
 
 It writes a JSON file (``--out``) and prints a short summary. See
-``benchmarks/README.md``.
+``benchmarks/README.md``. The reference step is written here, not taken from
+the official code; the official code's own step (Guerbet-AI/wsp-contrastive,
+imported from a checkout, in its own processes) is timed by
+``bench_wsp_memory.py --official PATH``.
 
 Usage::
 
