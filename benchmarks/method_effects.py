@@ -38,13 +38,30 @@ One experiment at a time::
     python method_effects.py drasclr --out measured/effect_drasclr.json
 
 Options change one factor (``--flip``, ``--sigma``, ``--epochs``, ``--lr``,
-...); ``--only`` restricts the methods. About 4 min (wsp), 20 min
+...); ``--only`` restricts the methods.
+
+A/B of one parameter of the full method (e.g. a default against the
+official value, see :mod:`sklearn_cl3d.protocols`): ``--set NAME=VALUE``
+(repeatable; VALUE is a Python literal or a plain string) adds a variant,
+the full method with those parameters (``"WSP [normalize='uint8']"``), pretrained
+with the same seeds and probed on the same splits; ``--only`` then also
+keeps the set variant of every method it names. The JSON gets an ``"ab"``
+entry with the paired differences *full method (unchanged) minus set
+variant* and their 95 % CIs. Global-local applies ``--set`` to both stages,
+or with ``--set-stage local`` to the local stage only (from the same global
+stage). ``--set normalize='uint8'`` (WSP) multiplies the windowed volumes
+by 255 first, since that input expects intensities in 0-255. Without
+``--set`` nothing changes::
+
+    python method_effects.py wsp --only WSP --set normalize=uint8 \
+        --out measured/defaults_ab_wsp_normalize.json About 4 min (wsp), 20 min
 (globallocal) and 15 min (drasclr) with one torch thread on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import sys
@@ -79,6 +96,59 @@ def _table(results, reference):
             f" ({d['n_seeds']} seeds x {d['n_splits']} splits)"
         )
     return summary, diffs
+
+
+def _parse_sets(items):
+    """``["name=value", ...]`` -> ``{name: value}`` (values as literals)."""
+    sets = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set expects NAME=VALUE; got {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        sets[name.strip()] = value
+    return sets
+
+
+def _set_name(name, sets):
+    inner = ", ".join(f"{k}={v!r}" for k, v in sets.items())
+    return f"{name} [{inner}]"
+
+
+def _only(args, sets):
+    """``--only`` with the set variant of every method it names."""
+    if not args.only:
+        return args.only
+    return list(args.only) + [_set_name(n, sets) for n in args.only]
+
+
+def _ab(results, full, sets):
+    """Paired differences full method minus its ``--set`` variant."""
+    from sklearn_cl3d.evaluation import paired_differences
+
+    changed = _set_name(full, sets)
+    diffs = [
+        d
+        for d in paired_differences(results, changed, random_state=0)
+        if d["method"] == full
+    ]
+    for d in diffs:
+        _log(
+            f"A/B {full} - {changed} n={d['n_labels']:>4d} "
+            f"{d['mean_difference']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+        )
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parameters": sets,
+        "default": full,
+        "changed": changed,
+        "difference": f"{full} minus {changed} (positive: the unchanged "
+        "full method scores higher)",
+        "paired_differences": diffs,
+    }
 
 
 # --------------------------------------------------------------------- WSP
@@ -126,6 +196,10 @@ def wsp(args):
     y_weak = np.where(flipped, 1 - y_true, y_true)
     X_pool, weak_pool = X[:n_pretrain], y_weak[:n_pretrain]
     X_lab, y_lab = X[n_pretrain:], y_true[n_pretrain:]
+    sets = _parse_sets(args.set)
+    input_scale = 255.0 if sets.get("normalize") == "uint8" else 1.0
+    if input_scale != 1.0:  # uint8 / 250 expects intensities in 0-255
+        X_pool, X_lab = X_pool * input_scale, X_lab * input_scale
 
     common = {
         **WSP_COMMON,
@@ -137,9 +211,12 @@ def wsp(args):
         name: {**params, "sigma": args.sigma} if "sigma" in params else params
         for name, params in WSP_VARIANTS.items()
     }
+    if sets:
+        variants[_set_name("WSP", sets)] = {**variants["WSP"], **sets}
+    only = _only(args, sets)
     methods, timings, losses = {}, {}, {}
     for name, params in variants.items():
-        if args.only and name not in args.only:
+        if only and name not in only:
             continue
         fits = []
         for seed in range(args.seeds):
@@ -167,7 +244,12 @@ def wsp(args):
         random_state=0,
     )
     summary, diffs = _table(results, "WSP")
+    extra = {}
+    if sets:
+        extra["ab"] = _ab(results, "WSP", sets)
+        extra["ab"]["input_scale"] = input_scale
     return {
+        **extra,
         "setting": {
             "n_pretrain": n_pretrain,
             "n_labelled": n_labelled,
@@ -222,26 +304,45 @@ def globallocal(args):
         verbose=0,
         **net,
     )
+    sets = _parse_sets(args.set)
+    only = _only(args, sets)
     inits, timings, losses = {"random init": [None]}, {}, {}
-    for seed in range(args.seeds):
-        tic = time.perf_counter()
-        g = GlobalLocalPretrainer(**pretrain, random_state=seed).fit(X_unlab)
-        timings.setdefault("global", []).append(time.perf_counter() - tic)
+
+    def pretrain_seed(seed, suffix="", global_sets=None, local_sets=None, g=None):
+        if g is None:
+            tic = time.perf_counter()
+            g = GlobalLocalPretrainer(
+                **{**pretrain, **(global_sets or {})}, random_state=seed
+            ).fit(X_unlab)
+            timings.setdefault("global" + suffix, []).append(time.perf_counter() - tic)
         tic = time.perf_counter()
         gl = copy.deepcopy(g).set_params(
-            local="LR", max_epochs=0, local_epochs=args.epochs
+            local="LR", max_epochs=0, local_epochs=args.epochs, **(local_sets or {})
         )
         gl.partial_fit(X_unlab)
-        timings.setdefault("local", []).append(time.perf_counter() - tic)
+        timings.setdefault("local" + suffix, []).append(time.perf_counter() - tic)
         for name, est in (("global only", g), ("global + local", gl)):
-            inits.setdefault(name, []).append(est)
-            losses.setdefault(name, []).append(
+            if suffix and name == "global only" and global_sets is None:
+                continue  # the same global stage as the unchanged method
+            inits.setdefault(name + suffix, []).append(est)
+            losses.setdefault(name + suffix, []).append(
                 [[row["stage"], float(row["train_loss"])] for row in est.history]
             )
         _log(
-            f"pretraining seed {seed}: {timings['global'][-1]:.0f} s + "
-            f"{timings['local'][-1]:.0f} s"
+            f"pretraining seed {seed}{suffix}: "
+            f"{timings.get('global' + suffix, [0])[-1]:.0f} s + "
+            f"{timings['local' + suffix][-1]:.0f} s"
         )
+        return g
+
+    for seed in range(args.seeds):
+        g = pretrain_seed(seed)
+        if sets:
+            suffix = _set_name("", sets)
+            if args.set_stage == "local":
+                pretrain_seed(seed, suffix, local_sets=sets, g=g)
+            else:
+                pretrain_seed(seed, suffix, global_sets=sets, local_sets=sets)
 
     n_slices = X.shape[-1]
     rng = np.random.default_rng(0)
@@ -253,7 +354,7 @@ def globallocal(args):
             steps_per_epoch = -(-n * n_slices // args.ft_batch)
             epochs = max(1, round(args.ft_steps / steps_per_epoch))
             for name, fits in inits.items():
-                if args.only and name not in args.only:
+                if only and name not in only:
                     continue
                 for seed, pretrained in enumerate(fits):
                     tic = time.perf_counter()
@@ -282,7 +383,12 @@ def globallocal(args):
                     )
         _log(f"split {repeat} done")
     summary, diffs = _table(results, "global + local")
+    extra = {}
+    if sets:
+        extra["ab"] = _ab(results, "global + local", sets)
+        extra["ab"]["set_stage"] = args.set_stage
     return {
+        **extra,
         "setting": {
             "cohort": f"make_brain_cohort(resolution={args.resolution}, "
             "return_labels=True), T1w",
@@ -379,9 +485,14 @@ def drasclr(args):
         device="cpu",
         verbose=0,
     )
+    sets = _parse_sets(args.set)
+    variants = dict(DRASCLR_VARIANTS)
+    if sets:
+        variants[_set_name("DrasCLR", sets)] = {**variants["DrasCLR"], **sets}
+    only = _only(args, sets)
     methods, timings, losses = {}, {}, {}
-    for name, params in DRASCLR_VARIANTS.items():
-        if args.only and name not in args.only:
+    for name, params in variants.items():
+        if only and name not in only:
             continue
         for seed in range(args.seeds):
             tic = time.perf_counter()
@@ -417,7 +528,9 @@ def drasclr(args):
         random_state=0,
     )
     summary, diffs = _table(results, "DrasCLR")
+    extra = {"ab": _ab(results, "DrasCLR", sets)} if sets else {}
     return {
+        **extra,
         "setting": {
             "cohort": "make_lung_cohort(64^3, 5 mm)",
             "target": (
@@ -481,6 +594,21 @@ def main(argv=None):
     parser.add_argument("--C", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--sigma", type=float, default=0.1)
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        default=None,
+        help="A/B: add the full method with this pretraining parameter set "
+        "(repeatable); compared against the unchanged full method",
+    )
+    parser.add_argument(
+        "--set-stage",
+        choices=["both", "local"],
+        default="both",
+        help="globallocal: --set applies to both stages, or to the local "
+        "stage only (from the unchanged global stage)",
+    )
     # global-local
     parser.add_argument("--n-pool", type=int, default=20)
     parser.add_argument(
