@@ -160,7 +160,8 @@ def official_side(cfg):
     import torch.distributed as dist
 
     dist.init_process_group(
-        "gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1
+        "gloo", init_method="file://" + os.path.join(tempfile.mkdtemp(), "pg"),
+        rank=0, world_size=1,
     )
     model = DrasCLR(
         Encoder, cfg["landmarks"], 128, 128, cfg["experts"], 1, cfg["queue"],
