@@ -20,6 +20,7 @@ from skorch.callbacks import (
 from skorch.callbacks.scoring import ScoringBase
 from skorch.utils import noop
 
+from ._checkpoint_resume import _matches, _restore_best_score, _resume_scheduler
 from .persistence._errors import PersistenceError
 from .persistence._files import atomic_write, commit_file, discard_file, stage_file
 from .persistence._manifest import make_manifest, read_manifest, sha256_file
@@ -119,41 +120,6 @@ class StepProgressBar(ProgressBar):
         for key in ("_phases_", "_hidden_"):
             state.pop(key, None)
         return state
-
-
-def _restore_best_score(callback, history):
-    name = getattr(callback, "name_", None) or getattr(callback, "name", None)
-    if not name:
-        return
-    best = [i for i, row in enumerate(history) if row.get(f"{name}_best")]
-    if best and name in history[best[-1]]:
-        callback.best_score_ = history[best[-1]][name]
-
-
-def _resume_scheduler(callback, net):
-    """Continue an LRScheduler from the loaded optimizer and history.
-
-    The loaded optimizer already holds the learning rates of the next epoch;
-    a scheduler rebuilt by skorch (``last_epoch=len(history) - 1``) would
-    step them once more, so the rates are put back and the scheduler's step
-    count set to where the interrupted run was.
-    """
-    optimizer = net.optimizer_
-    lrs = [group["lr"] for group in optimizer.param_groups]
-    callback.on_train_begin(net)
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
-    scheduler = getattr(callback, "lr_scheduler_", None)
-    if scheduler is None or not hasattr(scheduler, "last_epoch"):
-        return
-    if getattr(scheduler, "_last_lr", None) is not None:
-        scheduler._last_lr = list(lrs)
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        return
-    if callback.step_every == "batch":
-        scheduler.last_epoch = int(getattr(callback, "batch_idx_", 0))
-    else:
-        scheduler.last_epoch = len(net.history)
 
 
 class AtomicCheckpoint(Checkpoint):
@@ -603,13 +569,3 @@ class AtomicCheckpoint(Checkpoint):
 def _write_text(file, text):
     with open(file, "w", encoding="utf-8") as fh:
         fh.write(text)
-
-
-def _matches(file, entry):
-    """Whether ``file`` exists with the size and SHA-256 of ``entry``."""
-    try:
-        if os.path.getsize(file) != entry["size"]:
-            return False
-        return sha256_file(file)[0] == entry["sha256"]
-    except OSError:
-        return False
