@@ -23,6 +23,10 @@ Sides:
   the batch inside the step.
 - ``library_plain``: ``backbone__memory_efficient=False`` (plain autograd).
 - ``library_bf16``: ``precision="bf16"``.
+- on request (``--sides``): ``library_channels_last``
+  (``memory_format="channels_last"``), ``library_compile`` (``compile=True``;
+  raise ``--warmup`` past the compilation steps) and ``official_profile``
+  (the share of the official step's CPU time in convolution kernels).
 
 Usage::
 
@@ -147,8 +151,12 @@ SIDES = {
     "library_bf16": lambda cfg: _library(cfg, augmentation="none", precision="bf16"),
     # run only when named in --sides
     "official_profile": official_profile,
+    "library_channels_last": lambda cfg: _library(
+        cfg, augmentation="none", memory_format="channels_last"
+    ),
+    "library_compile": lambda cfg: _library(cfg, augmentation="none", compile=True),
 }
-ON_REQUEST = ("official_profile",)
+ON_REQUEST = ("official_profile", "library_channels_last", "library_compile")
 
 
 def add_arguments(parser):
