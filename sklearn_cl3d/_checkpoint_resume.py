@@ -1,15 +1,10 @@
-"""What :class:`~sklearn_cl3d.callbacks.AtomicCheckpoint` needs to resume
-besides its own files: checking a file against its manifest entry, and
-continuing the learning-rate schedulers and best scores of the other
-callbacks from the loaded optimizer and history."""
+"""What :class:`~sklearn_cl3d.callbacks.AtomicCheckpoint` does to the other
+callbacks when it resumes: their learning-rate schedulers and best scores
+continue from the loaded optimizer and history."""
 
 from __future__ import annotations
 
-import os
-
 import torch
-
-from .persistence._manifest import sha256_file
 
 __all__ = []
 
@@ -47,13 +42,3 @@ def _resume_scheduler(callback, net):
         scheduler.last_epoch = int(getattr(callback, "batch_idx_", 0))
     else:
         scheduler.last_epoch = len(net.history)
-
-
-def _matches(file, entry):
-    """Whether ``file`` exists with the size and SHA-256 of ``entry``."""
-    try:
-        if os.path.getsize(file) != entry["size"]:
-            return False
-        return sha256_file(file)[0] == entry["sha256"]
-    except OSError:
-        return False

@@ -20,7 +20,7 @@ from skorch.callbacks import (
 from skorch.callbacks.scoring import ScoringBase
 from skorch.utils import noop
 
-from ._checkpoint_resume import _matches, _restore_best_score, _resume_scheduler
+from ._checkpoint_resume import _restore_best_score, _resume_scheduler
 from .persistence._errors import PersistenceError
 from .persistence._files import atomic_write, commit_file, discard_file, stage_file
 from .persistence._manifest import make_manifest, read_manifest, sha256_file
@@ -569,3 +569,13 @@ class AtomicCheckpoint(Checkpoint):
 def _write_text(file, text):
     with open(file, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+def _matches(file, entry):
+    """Whether ``file`` exists with the size and SHA-256 of ``entry``."""
+    try:
+        if os.path.getsize(file) != entry["size"]:
+            return False
+        return sha256_file(file)[0] == entry["sha256"]
+    except OSError:
+        return False
