@@ -9,6 +9,8 @@ y-Aware, the kernel weights) only span the local shard.
 * :func:`gather_with_grad` concatenates a tensor from all processes and lets
   gradients flow back to the process that produced each row.
 * :func:`gather` does the same without gradients (metadata, labels).
+* :func:`shuffled_forward` runs a no-gradient forward on the global batch
+  shuffled across processes (MoCo's "shuffle-BN" for a key encoder).
 * :func:`accelerated` adds skorch's ``AccelerateMixin`` (Hugging Face
   Accelerate: DDP, sharded data loading, mixed precision) to a pretrainer.
 
@@ -38,6 +40,7 @@ __all__ = [
     "gather_with_grad",
     "is_distributed",
     "rank",
+    "shuffled_forward",
     "world_size",
 ]
 
@@ -191,6 +194,65 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
         local = tensor.detach().to(torch.uint8) if flag else tensor.detach()
         out = _all_gather_rows(local, _all_sizes(local.shape[0], local.device))
         return out.bool() if flag else out
+
+
+def shuffled_forward(fn, *tensors, generator=None):
+    """``fn(*tensors)`` on the global batch shuffled across processes.
+
+    MoCo's "shuffle-BN" for a momentum (key) encoder with per-process
+    BatchNorm: the rows of all processes are gathered, permuted by one
+    random permutation (rank 0's, broadcast), and every process runs ``fn``
+    on its share of the permuted rows, so that the BatchNorm statistics of a
+    process mix samples of all processes. The outputs are gathered and put
+    back in the original order. Runs without gradients. Every process must
+    call it, in the same order; the number of rows may differ between
+    processes. Outside a process group of more than one process this is
+    ``fn(*tensors)``, returned twice.
+
+    Parameters
+    ----------
+    fn : callable
+        Maps tensors of ``m`` rows each to an output of ``m`` rows.
+    *tensors : torch.Tensor of shape (n, ...)
+        This process's rows (e.g. the key view and the patch locations).
+    generator : torch.Generator or None, default=None
+        Draws the permutation (only rank 0's draw is used).
+
+    Returns
+    -------
+    local : torch.Tensor of shape (n, ...)
+        ``fn``'s output for this process's rows, in their order.
+    everyone : torch.Tensor of shape (n_global, ...)
+        The outputs of all processes' rows in rank order (the gathered
+        ``local``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.arange(6.0).reshape(3, 2)
+    >>> local, everyone = shuffled_forward(lambda t: 2 * t, x)
+    >>> local.tolist() == everyone.tolist() == (2 * x).tolist()
+    True
+    """
+    if not is_distributed():
+        with torch.no_grad():
+            out = fn(*tensors)
+        return out, out
+    with torch.no_grad():
+        device = tensors[0].device
+        sizes = _all_sizes(tensors[0].shape[0], device)
+        me = dist.get_rank()
+        start = sum(sizes[:me])
+        gen_device = generator.device if generator is not None else "cpu"
+        perm = torch.randperm(sum(sizes), generator=generator, device=gen_device)
+        perm = perm.to(device)
+        dist.broadcast(perm, src=0)
+        everything = [gather(t) for t in tensors]
+        mine = perm[start : start + sizes[me]]
+        out = gather(fn(*(t[mine] for t in everything)))  # rows perm[0], ...
+        everyone = torch.empty_like(out)
+        everyone[perm] = out
+        return everyone[start : start + sizes[me]], everyone
 
 
 # ------------------------------------------------------------ accelerate

@@ -42,8 +42,6 @@ _UNUSED_BASE_PARAMS = (
     "feature_layer",
     "normalize",
     "cache",
-    # MoCo queues are per process: no cross-process gathering (yet)
-    "gather_distributed",
     "sync_batchnorm",
 )
 
@@ -190,6 +188,16 @@ class DrasCLREncoder(DrasCLRStepMixin, DrasCLRDataMixin, BaseContrastivePretrain
     batch_size : int, default=128
         Subjects per batch, >= 2 (capped at the number of subjects); also the
         number of patches per forward in ``transform``.
+    gather_distributed : bool, default=True
+        In a process group of more than one process (``torchrun``,
+        :func:`~sklearn_cl3d.distributed.accelerated`): compute the keys
+        with MoCo's shuffle-BN (the key batch permuted across processes
+        before the key network and restored after, see
+        :func:`~sklearn_cl3d.distributed.shuffled_forward`) and push the
+        keys of all processes to the queues, so every process's queues hold
+        the global batch's keys, as the official 4-GPU run. The loss stays
+        per process (its own queries and keys against the queue). No effect
+        in a single process.
     device : str, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
@@ -307,6 +315,7 @@ class DrasCLREncoder(DrasCLRStepMixin, DrasCLRDataMixin, BaseContrastivePretrain
         weight_decay=1e-4,
         lr_schedule="cosine",
         conditioning=True,
+        gather_distributed=True,
         max_epochs=20,
         batch_size=128,
         precision="fp32",
@@ -324,6 +333,7 @@ class DrasCLREncoder(DrasCLRStepMixin, DrasCLRDataMixin, BaseContrastivePretrain
             weight_decay=weight_decay,
             max_epochs=max_epochs,
             batch_size=batch_size,
+            gather_distributed=gather_distributed,
             **kwargs,
         )
         for name in _UNUSED_BASE_PARAMS:

@@ -11,6 +11,7 @@ import torch
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
 
+from .. import distributed as _dist
 from ..augment import make_augmentation
 from ..augment._drasclr import drasclr_augmentation
 from ..nn import DrasCLRNet
@@ -84,8 +85,11 @@ class DrasCLRStepMixin:
     def infer(self, x, **fit_params):
         """Query, key and neighbour embeddings of one location-major batch.
 
-        Returns ``(q, k, neighbors, landmark)``: ``q`` and ``k`` of shape
-        (B, projection_dim), ``neighbors`` (B, n_neighbors, projection_dim).
+        Returns ``(q, k, neighbors, landmark, queued)``: ``q`` and ``k`` of
+        shape (B, projection_dim), ``neighbors`` (B, n_neighbors,
+        projection_dim); ``queued`` is None, or in a multi-process training
+        step with ``gather_distributed`` the keys of all processes (computed
+        with shuffle-BN) and their landmarks, for the queues.
         """
         patches = self._to_device(x["patches"]).float()
         nbrs = self._to_device(x["neighbors"]).float()
@@ -114,21 +118,56 @@ class DrasCLRStepMixin:
             moco = self._moco()
             if moco.training:
                 moco.momentum_update(self.momentum)
-            key = moco.keys(self._as_input(v2), loc_anchor)
+            if moco.training and self._gathers():
+                key, queued = self._shuffled_keys(
+                    moco, self._as_input(v2), loc_anchor, landmark
+                )
+                queued = (queued[0].float(), queued[1])
+            else:
+                key = moco.keys(self._as_input(v2), loc_anchor)
+                queued = None
         # the loss runs in float32 whatever the autocast precision
-        return q.float(), key.float(), r.float(), landmark
+        return q.float(), key.float(), r.float(), landmark, queued
+
+    def _gathers(self):
+        """Whether keys are shuffled and gathered across processes."""
+        return bool(self.gather_distributed) and _dist.is_distributed()
+
+    def _shuffled_keys(self, moco, x, locations, landmark):
+        """Keys with shuffle-BN, and the keys and landmarks of all processes.
+
+        Returns ``(key, (keys, landmarks))``: this process's keys in its own
+        order, then the keys of every process in rank order with the
+        landmark of each row, for the queues.
+        """
+        gen = self._generator(x.device)
+        key, keys = _dist.shuffled_forward(moco.keys, x, locations, generator=gen)
+        marks = torch.full((x.shape[0],), landmark, dtype=torch.long, device=x.device)
+        return key, (keys, _dist.gather(marks).cpu())
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        q, key, neighbors, landmark = y_pred
+        q, key, neighbors, landmark, queued = y_pred
         moco = self._moco()
         queue = moco.queue[landmark].clone()
         local, neighbor, total = self.criterion_(q, key, neighbors, queue)
         if training:
-            moco.enqueue(key, landmark)
+            self._enqueue(moco, key, landmark, queued)
             if self.history:
                 self.history.record_batch("local_loss", float(local.detach()))
                 self.history.record_batch("neighbor_loss", float(neighbor.detach()))
         return total
+
+    @staticmethod
+    def _enqueue(moco, key, landmark, queued):
+        """Push this process's keys, or those of all processes (``queued``)."""
+        if queued is None:
+            moco.enqueue(key, landmark)
+            return
+        # the keys of all processes, each landmark's in rank order (the
+        # processes of one step usually share the landmark)
+        keys, marks = queued
+        for mark in dict.fromkeys(marks.tolist()):
+            moco.enqueue(keys[(marks == mark).to(keys.device)], mark)
 
     def evaluation_step(self, batch, training=False):
         self.check_is_fitted()

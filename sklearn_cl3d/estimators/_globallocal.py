@@ -31,7 +31,7 @@ GL_FEATURE_LAYERS = ("backbone", "flat", "hidden", "projection")
 STAGES = ("global", "local")
 
 # base-class parameters with no meaning here (fixed U-Net, own loss and views)
-_UNUSED_BASE_PARAMS = ("backbone", "gather_distributed", "sync_batchnorm")
+_UNUSED_BASE_PARAMS = ("backbone", "sync_batchnorm")
 
 
 # --------------------------------------------------------------- estimator
@@ -131,6 +131,12 @@ class GlobalLocalPretrainer(
         inference batch of ``transform``.
     max_epochs : int, default=100
         Epochs of the global stage (0 skips it).
+    gather_distributed : bool, default=True
+        In a process group of more than one process (``torchrun``,
+        :func:`~sklearn_cl3d.distributed.accelerated`): the global loss
+        gathers the embeddings (with gradients), volume and partition ids of
+        all processes, so it sees the global batch. The local loss stays per
+        process. No effect in a single process.
     local_epochs : int or None, default=None
         Epochs of the local stage (0 skips it); None uses ``max_epochs``.
     steps_per_epoch : int or None, default=None
@@ -344,6 +350,7 @@ default="backbone"
         temperature=0.1,
         batch_size=12,
         max_epochs=100,
+        gather_distributed=True,
         local_epochs=None,
         steps_per_epoch=None,
         n_iterations=None,
@@ -379,6 +386,7 @@ default="backbone"
             weight_decay=weight_decay,
             max_epochs=max_epochs,
             batch_size=batch_size,
+            gather_distributed=gather_distributed,
             **kwargs,
         )
         for name in _UNUSED_BASE_PARAMS:

@@ -10,6 +10,7 @@ from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
+from .. import distributed as _dist
 from ..augment._intensity import globallocal_views
 from ..losses import (
     LocalContrastiveLoss,
@@ -160,6 +161,9 @@ class GlobalLocalStepMixin:
                 # rows [set A | set B], S per volume: chain ids 2v (A), 2v + 1 (B)
                 row, half = torch.arange(n, device=z.device), n // 2
                 volume = 2 * ((row % half) // self.n_partitions) + row // half
+            batch_ids = self.strategy == "GR" or self._official_gd("global")
+            z, volume, partition = self._gather_global(z, volume, partition, batch_ids)
+            n = volume.shape[0]
             view = torch.arange(n_views, device=z.device).repeat_interleave(n)
             return self.criterion_(
                 z, volume.repeat(n_views), partition.repeat(n_views), view
@@ -176,6 +180,29 @@ class GlobalLocalStepMixin:
             volume = volume.repeat_interleave(d)
             partition = partition.repeat_interleave(d) * d + depth
         return self.local_criterion_(f1, f2, volume, partition)
+
+    def _gather_global(self, z, volume, partition, batch_ids):
+        """The global batch of a multi-process run for the global loss.
+
+        ``z`` has rows ``[view 0 | view 1 | ...]`` of the local slices; each
+        view's rows are gathered (with gradients) in rank order, so the
+        result has the same layout over the slices of all processes. Volume
+        ids numbered within the batch (``batch_ids``: G^R, official G^D
+        chains) are made distinct across processes; dataset volume ids are
+        kept. Outside a process group of more than one process, or with
+        ``gather_distributed=False``, the inputs come back unchanged.
+        """
+        if not (self.gather_distributed and _dist.is_distributed()):
+            return z, volume, partition
+        n = volume.shape[0]
+        views = z.reshape(z.shape[0] // n, n, *z.shape[1:])
+        z = torch.cat([_dist.gather_with_grad(v) for v in views.unbind(0)])
+        if batch_ids:
+            # ids stay below 2n <= 2 * n_global: offset every process's
+            volume = volume.long()
+            total = int(_dist.gather(torch.tensor([n], device=z.device)).sum())
+            volume = volume + _dist.rank() * 2 * total
+        return z, _dist.gather(volume), _dist.gather(partition)
 
     def evaluation_step(self, batch, training=False):
         self.check_is_fitted()
