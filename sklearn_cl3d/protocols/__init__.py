@@ -56,7 +56,7 @@ def official_protocol(method):
     >>> gl = recipe.apply(GlobalLocalPretrainer(local="LD"))
     >>> gl.n_iterations, gl.local_iterations, gl.gd_pairing, gl.n_negatives
     (10001, 10001, 'official', 4)
-    >>> len(recipe.gaps()) > 0  # aspects with no parameter yet
+    >>> len(official_protocol("drasclr").gaps()) > 0  # no parameter yet
     True
     """
     if method not in PROTOCOLS:

@@ -71,7 +71,10 @@ _DRASCLR = ProtocolRecipe(
             "pretraining",
             "several processes",
             "keys gathered into the queues, shuffle-BN",
-            note="not implemented",
+            "DrasCLREncoder",
+            "gather_distributed",
+            True,
+            "under torchrun/accelerate; loss per process as official",
         ),
         Aspect(
             "pretraining",

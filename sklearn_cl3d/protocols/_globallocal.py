@@ -117,7 +117,10 @@ _GLOBALLOCAL = ProtocolRecipe(
             "pretraining",
             "several processes",
             "single GPU",
-            note="no cross-process gathering of embeddings",
+            "GlobalLocalPretrainer",
+            "gather_distributed",
+            True,
+            "global loss over all processes' embeddings; local loss per process",
         ),
         Aspect(
             "fine-tuning",
