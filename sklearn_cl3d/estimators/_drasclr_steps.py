@@ -122,7 +122,6 @@ class DrasCLRStepMixin:
                 key, queued = self._shuffled_keys(
                     moco, self._as_input(v2), loc_anchor, landmark
                 )
-                queued = (queued[0].float(), queued[1])
             else:
                 key = moco.keys(self._as_input(v2), loc_anchor)
                 queued = None
@@ -141,7 +140,11 @@ class DrasCLRStepMixin:
         landmark of each row, for the queues.
         """
         gen = self._generator(x.device)
-        key, keys = _dist.shuffled_forward(moco.keys, x, locations, generator=gen)
+
+        def float_keys(x, locations):  # gathered in float32 (any backend)
+            return moco.keys(x, locations).float()
+
+        key, keys = _dist.shuffled_forward(float_keys, x, locations, generator=gen)
         marks = torch.full((x.shape[0],), landmark, dtype=torch.long, device=x.device)
         return key, (keys, _dist.gather(marks).cpu())
 
