@@ -74,6 +74,22 @@ class StepClock:
         }
 
 
+def skorch_ticker(clock):
+    """A skorch callback ticking ``clock`` at the end of every training batch
+    (the clock starts with training)."""
+    from skorch.callbacks import Callback
+
+    class Tick(Callback):
+        def on_train_begin(self, net, **kwargs):
+            clock.start()
+
+        def on_batch_end(self, net, training=None, **kwargs):
+            if training:
+                clock.tick()
+
+    return Tick()
+
+
 def _child(script_globals, sides):
     cfg = json.loads(os.environ["CL3D_BENCH_CFG"])
     torch.set_num_threads(cfg["threads"])

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _bench_common import gib, peak_rss_bytes
-from _harness import StepClock, main
+from _harness import StepClock, main, skorch_ticker
 
 TINYNET_PATCH = (
     "TinyNet.features_conv[0] := Conv2d(1, 16, 5) (published: 2 input channels "
@@ -145,7 +145,6 @@ def plain_side(cfg):
 
 
 def _library(cfg, augmentation="wsp", heap_reuse=None):
-    from skorch.callbacks import Callback
 
     from sklearn_cl3d import WSPPretrainer
 
@@ -158,14 +157,6 @@ def _library(cfg, augmentation="wsp", heap_reuse=None):
         WSPPretrainer._cpu_heap_reuse = heap_reuse
     clock = StepClock(cfg["warmup"])
 
-    class Tick(Callback):
-        def on_train_begin(self, net, **kwargs):
-            clock.start()
-
-        def on_batch_end(self, net, training=None, **kwargs):
-            if training:
-                clock.tick()
-
     est = WSPPretrainer(
         backbone=cfg["backbone"],
         slice_size=size,
@@ -176,7 +167,7 @@ def _library(cfg, augmentation="wsp", heap_reuse=None):
         random_state=0,
         device="cpu",
         verbose=0,
-        callbacks=[("tick", Tick())],
+        callbacks=[("tick", skorch_ticker(clock))],
     )
     rec = {
         "backbone": cfg["backbone"],

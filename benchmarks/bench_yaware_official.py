@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import StepClock, main
+from _harness import StepClock, main, skorch_ticker
 
 
 def _data(cfg):
@@ -117,25 +117,16 @@ def official_profile(cfg):
 
 
 def _library(cfg, **params):
-    from skorch.callbacks import Callback
 
     from sklearn_cl3d import YAwarePretrainer
 
     clock = StepClock(cfg["warmup"])
 
-    class Tick(Callback):
-        def on_train_begin(self, net, **kwargs):
-            clock.start()
-
-        def on_batch_end(self, net, training=None, **kwargs):
-            if training:
-                clock.tick()
-
     x, age = _data(cfg)
     est = YAwarePretrainer(
         backbone="densenet121", batch_size=cfg["pairs"], max_epochs=1,
         lr=1e-4, sigma=5.0, temperature=0.1, random_state=0, device="cpu",
-        verbose=0, callbacks=[("tick", Tick())], **params,
+        verbose=0, callbacks=[("tick", skorch_ticker(clock))], **params,
     )
     est.fit(x, age)
     return clock.result()
