@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.validation import check_is_fitted
 
-from .nn.functional import routing_gates
+from .nn.functional import resize_in_plane, routing_gates
 
 __all__ = ["export"]
 
@@ -70,14 +70,8 @@ class _SliceEncoder(torch.nn.Module):
 
     def forward(self, x):
         x = x.float()
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(
-                x,
-                size=self.size,
-                mode="bilinear",
-                align_corners=False,
-                antialias=min(x.shape[-2:]) > min(self.size),
-            )
+        if self.size is not None:
+            x = resize_in_plane(x, self.size)
         if self.normalizer is not None:
             x = self.normalizer(x)
         if self.features == "features":

@@ -6,6 +6,7 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import sklearn_cl3d.nn as cl3d_nn
@@ -498,3 +499,25 @@ def test_public_api_and_doctests():
     for module in (cl3d_nn, _densenet, _small, _heads, _registry):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
+
+
+def test_resize_in_plane_is_the_interpolation_every_slice_path_uses():
+    from sklearn_cl3d.nn.functional import resize_in_plane
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 40, 30, generator=gen)
+    # shrinking: anti-aliased bilinear
+    got = resize_in_plane(x, (20, 16))
+    ref = F.interpolate(x, size=(20, 16), mode="bilinear", align_corners=False,
+                        antialias=True)
+    assert torch.equal(got, ref)
+    assert not torch.equal(got, F.interpolate(x, size=(20, 16), mode="bilinear",
+                                              align_corners=False))
+    # enlarging: plain bilinear; same size: the input itself
+    up = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.equal(resize_in_plane(x, (64, 64)), up)
+    assert resize_in_plane(x, (40, 30)) is x
+    # 5-D: trilinear, depth kept
+    v = torch.randn(2, 1, 5, 16, 12, generator=gen)
+    ref = F.interpolate(v, size=(5, 8, 8), mode="trilinear", align_corners=False)
+    assert torch.equal(resize_in_plane(v, (8, 8)), ref)

@@ -11,7 +11,6 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
@@ -33,6 +32,7 @@ from ..data._loading import loader_defaults
 from ..data._slices import SliceDataset, VolumeSplit
 from ..nn import BACKBONES, DenseNet3D, build_backbone
 from ..nn._finetune import FineTuneNetwork, backbone_blocks, official_classifier
+from ..nn.functional import resize_in_plane
 from ._base import BaseContrastivePretrainer
 from ._finetune_select import KEEP_BEST, BestValidCheckpoint, balanced_slice_sampler
 from ._finetune_source import _bare, _PretrainedSourceMixin
@@ -422,13 +422,7 @@ class _BaseFineTuned(
             x = x[:, None, :]
         size = (self.slicing_ or {}).get("size")
         if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(
-                x.float(),
-                size=(size, size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=min(x.shape[-2:]) > size,
-            )
+            x = resize_in_plane(x.float(), (size, size))
         if self.normalizer_ is not None and not early:
             x = self.normalizer_(x)
         return x

@@ -9,7 +9,6 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..data import (
     PartitionBatchSampler,
@@ -27,6 +26,7 @@ from ..losses import (
 )
 from ..nn import UNet
 from ..nn._pooled import SliceSetEncoder, UNetEncoder
+from ..nn.functional import resize_in_plane
 from ._transfer import ScaledVolumeInput
 
 __all__ = []
@@ -209,24 +209,7 @@ class GlobalLocalDataMixin:
     def _prepare(self, x):
         """Batch to the device, in-plane resize to the network's input size."""
         x = self._to_device(x).float()
-        size = tuple(self.network_input_shape_[-2:])
-        if tuple(x.shape[-2:]) != size:
-            if x.ndim == 4:
-                x = F.interpolate(
-                    x,
-                    size=size,
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=min(x.shape[-2:]) > min(size),
-                )
-            else:
-                x = F.interpolate(
-                    x,
-                    size=(x.shape[2], *size),
-                    mode="trilinear",
-                    align_corners=False,
-                )
-        return x
+        return resize_in_plane(x, self.network_input_shape_[-2:])
 
     # ------------------------------------------------------ fine-tuning
 

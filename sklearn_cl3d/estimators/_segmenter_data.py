@@ -13,6 +13,7 @@ from sklearn.exceptions import NotFittedError
 from ..data import check_volumes
 from ..data._percentile import PercentileScaling
 from ..data._slices import segmentation_items
+from ..nn.functional import resize_in_plane
 from ._globallocal import GlobalLocalPretrainer
 
 __all__ = []
@@ -122,13 +123,7 @@ class SegmenterDataMixin:
         if mode == "nearest":
             return F.interpolate(x, size=size, mode="nearest")
         if x.ndim == 4:
-            return F.interpolate(
-                x,
-                size=size,
-                mode="bilinear",
-                align_corners=False,
-                antialias=min(x.shape[2:]) > min(size),
-            )
+            return resize_in_plane(x, size)
         return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
 
     def _prepare(self, x):

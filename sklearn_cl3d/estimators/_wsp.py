@@ -6,7 +6,6 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, StrOptions
 from skorch.callbacks import LRScheduler
 from skorch.dataset import Dataset
@@ -21,6 +20,7 @@ from ..data._slices import (
 )
 from ..data._validation import check_row_positions, encode_weak_labels
 from ..losses import NORMALIZATIONS, WSP_KERNELS, WSPLoss
+from ..nn.functional import resize_in_plane
 from ._base import BaseContrastivePretrainer
 from ._wsp_geometry import _SliceGeometryMixin
 from ._yaware import _COMMON_ATTRS_DOC
@@ -406,14 +406,7 @@ default="tinynet"
             self.slice_size is not None
             and tuple(x.shape[-2:]) != (self.slice_size,) * 2
         ):
-            shrink = min(x.shape[-2:]) > self.slice_size
-            x = F.interpolate(
-                x.float(),
-                size=(self.slice_size, self.slice_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=shrink,
-            )
+            x = resize_in_plane(x.float(), (self.slice_size, self.slice_size))
         if self.normalizer_ is not None and not early:
             x = self.normalizer_(x)
         return x

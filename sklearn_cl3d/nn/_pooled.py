@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._densenet import _check_positive_int
+from .functional import resize_in_plane
 
 __all__ = [
     "ITEM_POOLINGS",
@@ -184,14 +185,8 @@ class SliceSetEncoder(nn.Module):
         slices = x.movedim(axis, 1)  # (n, S, C, h, w)
         s = slices.shape[1]
         slices = slices.reshape(n * s, c, *slices.shape[3:])
-        if self.size is not None and tuple(slices.shape[-2:]) != self.size:
-            slices = F.interpolate(
-                slices,
-                size=self.size,
-                mode="bilinear",
-                align_corners=False,
-                antialias=min(slices.shape[-2:]) > min(self.size),
-            )
+        if self.size is not None:
+            slices = resize_in_plane(slices, self.size)
         h = self.encoder(slices)
         return self.pooling(h.reshape(n, s, -1))
 

@@ -2,6 +2,8 @@
 
 :func:`cond_conv3d` is DrasCLR's location-routed CondConv: a mixture of
 expert kernels whose gates depend only on each sample's location.
+:func:`resize_in_plane` is the in-plane resize every slice-based estimator
+and export applies to its input.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cond_conv3d", "routing_gates"]
+__all__ = ["cond_conv3d", "resize_in_plane", "routing_gates"]
 
 
 def _check_tensor(value, name, ndim, shape_txt):
@@ -169,3 +171,48 @@ def cond_conv3d(
         batch,
     )
     return out.reshape(batch, out_channels, *out.shape[2:])
+
+
+def resize_in_plane(x, size):
+    """Resize the last two axes of ``x`` to ``size``, anti-aliased when shrinking.
+
+    Bilinear (``align_corners=False``) for 4-D ``(n, C, h, w)`` batches,
+    trilinear keeping the depth for 5-D ``(n, C, D, h, w)`` ones; anti-aliased
+    (4-D only: torch has no anti-aliased trilinear mode) when the smaller
+    input side is larger than the smaller target side. Returned unchanged
+    when it already has that size.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (n, C, h, w) or (n, C, D, h, w)
+        A floating-point batch.
+    size : tuple of int
+        The target ``(h, w)``.
+
+    Returns
+    -------
+    torch.Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.nn.functional import resize_in_plane
+    >>> resize_in_plane(torch.zeros(2, 1, 64, 48), (32, 32)).shape
+    torch.Size([2, 1, 32, 32])
+    >>> resize_in_plane(torch.zeros(2, 1, 5, 16, 16), (8, 8)).shape
+    torch.Size([2, 1, 5, 8, 8])
+    """
+    size = tuple(int(v) for v in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if x.ndim == 5:
+        return F.interpolate(
+            x, size=(x.shape[2], *size), mode="trilinear", align_corners=False
+        )
+    return F.interpolate(
+        x,
+        size=size,
+        mode="bilinear",
+        align_corners=False,
+        antialias=min(x.shape[-2:]) > min(size),
+    )
