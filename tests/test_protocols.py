@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _finetune_scores_checks import check_wsp_finetuning_balance_on_scores
 from _gl_recipe_checks import (
     check_gl_gd_pairing,
     check_gl_uniform_draws,
@@ -348,6 +349,11 @@ BEHAVIOUR = {
         )
         for p in ("slice_sampling", "steps_per_epoch")
     },
+    ("wsp", "FineTunedClassifier", "balance_on"): lambda r: (
+        check_wsp_finetuning_balance_on_scores(
+            r.getfixturevalue("wsp_source"), r.getfixturevalue("monkeypatch")
+        )
+    ),
     ("wsp", "FineTunedClassifier", "normalize"): lambda r: check_wsp_intensity(
         finetuner=r.getfixturevalue("wsp_source")
     ),

@@ -132,7 +132,14 @@ nn.Module, default="densenet121"
         WSP sampler, batches of one random slice from each of
         ``batch_size`` distinct volumes (capped at the number of volumes),
         drawn with probability 1 / (count of the volume's class) for a
-        classifier (uniformly for a regressor).
+        classifier (uniformly for a regressor), or of its score with
+        ``balance_on="scores"``.
+    balance_on : {"target", "scores"}, default="target"
+        What ``slice_sampling="balanced"`` balances: the target classes, or
+        the ``scores`` given to ``fit`` (the official WSP sampler balances
+        on the raw radiological score, e.g. 5 levels, while the target is
+        binary; a regressor's draws then follow the scores too). With
+        ``"scores"`` and no ``scores`` in ``fit``, the target is used.
     steps_per_epoch : int or None, default=None
         Batches per epoch with ``slice_sampling="balanced"``; None means
         ``n_volumes // batch_size`` (at least 1), so each volume gives
@@ -194,6 +201,9 @@ _COMMON_ATTRS = """
     slicing_ : dict or None
         For slice inputs (a WSP encoder): ``axis``, ``fraction`` and ``size``
         of the slices, taken from the pretrainer; None otherwise.
+    balance_labels_ : {"target", "scores"} or None
+        What the balanced slice sampler balanced on in the last ``fit``
+        (None: uniform volume draws, or ``slice_sampling="all"``).
     input_adapter_ : object or None
         For a GlobalLocalPretrainer or DrasCLREncoder source: how volumes
         become the backbone's input (the pretraining's volume scaling, or
@@ -328,7 +338,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         self.criterion_ = self.initialized_instance(self.criterion, kwargs)
         return self
 
-    def fit(self, X, y, **fit_params):
+    def fit(self, X, y, scores=None, **fit_params):
         """Fine-tune the network on X, y.
 
         Parameters
@@ -337,6 +347,11 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             Volumes (or paths, loaded lazily), or tabular features.
         y : array-like of shape (n,)
             Class labels.
+        scores : array-like of shape (n,), default=None
+            Discrete raw score per volume (e.g. the 5-level radiological
+            score a binary target is derived from); the balanced slice
+            sampler balances on it with ``balance_on="scores"``. Only with
+            ``slice_sampling="balanced"``.
         **fit_params : dict
             Passed to the network's forward call.
 
@@ -345,9 +360,9 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         self : object
             The fitted classifier.
         """
-        return self._fit(X, y, fit_params, partial=False)
+        return self._fit(X, y, fit_params, partial=False, scores=scores)
 
-    def partial_fit(self, X, y, classes=None, **fit_params):
+    def partial_fit(self, X, y, classes=None, scores=None, **fit_params):
         """Train ``max_epochs`` more epochs (initialise on the first call).
 
         Parameters
@@ -358,6 +373,11 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
             Class labels.
         classes : array-like of shape (n_classes,), default=None
             All the labels, on the first call if ``y`` lacks some.
+        scores : array-like of shape (n,), default=None
+            Discrete raw score per volume (e.g. the 5-level radiological
+            score a binary target is derived from); the balanced slice
+            sampler balances on it with ``balance_on="scores"``. Only with
+            ``slice_sampling="balanced"``.
         **fit_params : dict
             Passed to the network's forward call.
 
@@ -365,7 +385,7 @@ class FineTunedClassifier(ClassifierMixin, _BaseFineTuned):
         -------
         self : object
         """
-        return self._fit(X, y, fit_params, partial=True, classes=classes)
+        return self._fit(X, y, fit_params, partial=True, classes=classes, scores=scores)
 
     def predict_proba(self, X):
         """Class probabilities (mean over slices for slice inputs).
@@ -500,7 +520,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
             return y.astype(np.float32)
         return y.reshape(n_samples, -1).astype(np.float32)
 
-    def fit(self, X, y, **fit_params):
+    def fit(self, X, y, scores=None, **fit_params):
         """Fine-tune the network on X, y.
 
         Parameters
@@ -509,6 +529,11 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
             Volumes (or paths, loaded lazily), or tabular features.
         y : array-like of shape (n,) or (n, n_outputs)
             Targets.
+        scores : array-like of shape (n,), default=None
+            Discrete raw score per volume (e.g. the 5-level radiological
+            score a binary target is derived from); the balanced slice
+            sampler balances on it with ``balance_on="scores"``. Only with
+            ``slice_sampling="balanced"``.
         **fit_params : dict
             Passed to the network's forward call.
 
@@ -517,9 +542,9 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
         self : object
             The fitted regressor.
         """
-        return self._fit(X, y, fit_params, partial=False)
+        return self._fit(X, y, fit_params, partial=False, scores=scores)
 
-    def partial_fit(self, X, y, **fit_params):
+    def partial_fit(self, X, y, scores=None, **fit_params):
         """Train ``max_epochs`` more epochs (initialise on the first call).
 
         Parameters
@@ -528,6 +553,11 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
             Same kind of input as in earlier calls.
         y : array-like of shape (n,) or (n, n_outputs)
             Targets.
+        scores : array-like of shape (n,), default=None
+            Discrete raw score per volume (e.g. the 5-level radiological
+            score a binary target is derived from); the balanced slice
+            sampler balances on it with ``balance_on="scores"``. Only with
+            ``slice_sampling="balanced"``.
         **fit_params : dict
             Passed to the network's forward call.
 
@@ -535,7 +565,7 @@ class FineTunedRegressor(RegressorMixin, _BaseFineTuned):
         -------
         self : object
         """
-        return self._fit(X, y, fit_params, partial=True)
+        return self._fit(X, y, fit_params, partial=True, scores=scores)
 
     def predict(self, X):
         """Predicted targets (mean over slices for slice inputs).

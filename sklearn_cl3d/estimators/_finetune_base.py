@@ -34,7 +34,13 @@ from ..nn import BACKBONES, DenseNet3D, build_backbone
 from ..nn._finetune import FineTuneNetwork, backbone_blocks, official_classifier
 from ..nn.functional import resize_in_plane
 from ._base import BaseContrastivePretrainer
-from ._finetune_select import KEEP_BEST, BestValidCheckpoint, balanced_slice_sampler
+from ._finetune_select import (
+    BALANCE_ON,
+    KEEP_BEST,
+    BestValidCheckpoint,
+    balanced_slice_sampler,
+    check_balance_scores,
+)
 from ._finetune_source import _bare, _PretrainedSourceMixin
 from ._skorch import (
     DevicePlumbingMixin,
@@ -96,6 +102,7 @@ class _BaseFineTuned(
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "keep_best": [StrOptions(set(KEEP_BEST)), None],
         "slice_sampling": [StrOptions({"all", "balanced"})],
+        "balance_on": [StrOptions(set(BALANCE_ON))],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
         "augmentation": [StrOptions(set(AUGMENTATION_PRESETS)), callable, None],
         "normalize": [StrOptions(set(NORMALIZE_OPTIONS)), None],
@@ -125,6 +132,7 @@ class _BaseFineTuned(
         validation_fraction=0.1,
         keep_best=None,
         slice_sampling="all",
+        balance_on="target",
         steps_per_epoch=None,
         augmentation=None,
         normalize="zscore",
@@ -167,6 +175,7 @@ class _BaseFineTuned(
         self.validation_fraction = validation_fraction
         self.keep_best = keep_best
         self.slice_sampling = slice_sampling
+        self.balance_on = balance_on
         self.steps_per_epoch = steps_per_epoch
         self.augmentation = augmentation
         self.normalize = normalize
@@ -393,6 +402,7 @@ class _BaseFineTuned(
                 kwargs.pop("batch_size"),
                 self.steps_per_epoch,
                 balanced=isinstance(self, ClassifierMixin),
+                scores=self.__dict__.get("_fit_scores"),
             )
             for key in ("shuffle", "drop_last", "sampler"):
                 kwargs.pop(key, None)
@@ -461,7 +471,13 @@ class _BaseFineTuned(
             return self._as_dataset(X, None, reset=reset)
         return check_volumes(self, X, reset=reset)
 
-    def _fit(self, X, y, fit_params, *, partial, classes=None):
+    def _fit(self, X, y, fit_params, *, partial, classes=None, scores=None):
+        try:
+            return self._fit_inner(X, y, fit_params, partial, classes, scores)
+        finally:
+            self.__dict__.pop("_fit_scores", None)
+
+    def _fit_inner(self, X, y, fit_params, partial, classes, scores):
         self._check_params()
         reset = not (partial or self.warm_start) or not getattr(
             self, "initialized_", False
@@ -506,6 +522,8 @@ class _BaseFineTuned(
             rng = check_random_state(self.random_state)
             self._base_seed_ = int(rng.randint(np.iinfo(np.int32).max))
             self._set_class_weight(target)
+        scores = check_balance_scores(self, scores, len(volumes))
+        self.__dict__["_fit_scores"] = scores
         if self.slicing_ is not None:
             data = SliceDataset(
                 volumes,

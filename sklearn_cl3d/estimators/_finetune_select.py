@@ -8,15 +8,20 @@ import math
 
 import numpy as np
 import torch
+from sklearn.base import ClassifierMixin
 from sklearn.metrics import roc_auc_score
 from skorch.callbacks import Callback
 
 from ..data._slices import BalancedVolumeBatchSampler, SliceDataset
+from ..data._validation import encode_weak_labels
 
 __all__: list[str] = []
 
 #: Values of the fine-tuners' ``keep_best`` parameter (besides None).
 KEEP_BEST = ("valid_loss", "valid_auc")
+
+#: Values of the fine-tuners' ``balance_on`` parameter.
+BALANCE_ON = ("target", "scores")
 
 
 def _slice_volumes(dataset):
@@ -158,14 +163,43 @@ class BestValidCheckpoint(Callback):
         self.state_ = None  # a fitted estimator does not carry a second copy
 
 
-def balanced_slice_sampler(dataset, batch_size, steps_per_epoch, balanced):
+def check_balance_scores(estimator, scores, n_volumes):
+    """Validate the ``scores`` given to a fine-tuner's ``fit``.
+
+    Returns the float32 codes of the scores when the balanced sampler is to
+    balance on them (``balance_on="scores"``), else None; sets the fitted
+    attribute ``balance_labels_``.
+    """
+    if scores is not None:
+        if estimator.slice_sampling != "balanced":
+            raise ValueError(
+                "scores balance the volume draws of slice_sampling='balanced'; "
+                f"got slice_sampling={estimator.slice_sampling!r}: pass scores "
+                "only with slice_sampling='balanced'."
+            )
+        _, scores = encode_weak_labels(scores, n_volumes, "scores")
+    if estimator.balance_on != "scores":
+        scores = None
+    if estimator.slice_sampling != "balanced":
+        estimator.balance_labels_ = None
+    elif scores is not None:
+        estimator.balance_labels_ = "scores"
+    elif isinstance(estimator, ClassifierMixin):
+        estimator.balance_labels_ = "target"
+    else:
+        estimator.balance_labels_ = None
+    return scores
+
+
+def balanced_slice_sampler(dataset, batch_size, steps_per_epoch, balanced, scores=None):
     """The official WSP sampler over (a volume subset of) a SliceDataset.
 
     Batches of one uniformly drawn slice from each of ``batch_size``
     distinct volumes (capped at the number of volumes), drawn with
-    probability 1 / (count of the volume's label) when ``balanced``;
-    ``steps_per_epoch`` batches (None: ``n_volumes // batch_size``, at
-    least 1). Returns None when ``dataset`` holds no slices.
+    probability 1 / (count of the volume's label) when ``balanced``, or of
+    its score when ``scores`` (one per volume of the whole SliceDataset) is
+    given; ``steps_per_epoch`` batches (None: ``n_volumes // batch_size``,
+    at least 1). Returns None when ``dataset`` holds no slices.
     """
     inner, volumes = _slice_volumes(dataset)
     if inner is None:
@@ -179,6 +213,8 @@ def balanced_slice_sampler(dataset, batch_size, steps_per_epoch, balanced):
             "validation split by volume leaves them."
         )
     labels = None if inner.labels is None else inner.labels[ids]
+    if scores is not None:
+        labels, balanced = np.asarray(scores)[ids], True
     n = len(ids)
     batch = min(batch_size, n)
     return BalancedVolumeBatchSampler(

@@ -173,7 +173,15 @@ _WSP = ProtocolRecipe(
             "FineTunedClassifier",
             "slice_sampling",
             "balanced",
-            "balanced on the target classes; official: on the raw score",
+        ),
+        Aspect(
+            "fine-tuning",
+            "sampler balance",
+            "on the raw 5-level score",
+            "FineTunedClassifier",
+            "balance_on",
+            "scores",
+            "given as fit(scores=...); the target classes otherwise",
         ),
         Aspect(
             "fine-tuning",
