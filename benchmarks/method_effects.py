@@ -174,6 +174,20 @@ WSP_VARIANTS = {
 }
 
 
+def _weak_scores(weak, fraction):
+    """5-level scores the binary weak label derives from (weak = score >= 2):
+    weak-negative volumes get 0 or 1 (below or above the group's median
+    emphysema fraction), weak-positive ones 2, 3 or 4 (its terciles)."""
+    scores = np.zeros(len(weak), dtype=int)
+    for label, levels in ((0, (0, 1)), (1, (2, 3, 4))):
+        idx = np.flatnonzero(weak == label)
+        if idx.size == 0:
+            continue
+        edges = np.quantile(fraction[idx], np.linspace(0, 1, len(levels) + 1)[1:-1])
+        scores[idx] = np.asarray(levels)[np.searchsorted(edges, fraction[idx])]
+    return scores
+
+
 def wsp(args):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -200,6 +214,11 @@ def wsp(args):
     input_scale = 255.0 if sets.get("normalize") == "uint8" else 1.0
     if input_scale != 1.0:  # uint8 / 250 expects intensities in 0-255
         X_pool, X_lab = X_pool * input_scale, X_lab * input_scale
+    fit_scores = {}
+    if sets.get("balance_on") == "scores":
+        fit_scores["scores"] = _weak_scores(
+            weak_pool, cohort.emphysema_fraction[:n_pretrain]
+        )
 
     common = {
         **WSP_COMMON,
@@ -222,7 +241,7 @@ def wsp(args):
         for seed in range(args.seeds):
             tic = time.perf_counter()
             est = WSPPretrainer(**{**common, **params, "random_state": seed})
-            est.fit(X_pool, weak_pool)
+            est.fit(X_pool, weak_pool, **fit_scores)
             timings.setdefault(name, []).append(time.perf_counter() - tic)
             if est.history:
                 losses.setdefault(name, []).append(
@@ -248,6 +267,11 @@ def wsp(args):
     if sets:
         extra["ab"] = _ab(results, "WSP", sets)
         extra["ab"]["input_scale"] = input_scale
+        if fit_scores:
+            extra["ab"]["scores"] = {
+                "construction": _weak_scores.__doc__.strip(),
+                "counts": np.bincount(fit_scores["scores"]).tolist(),
+            }
     return {
         **extra,
         "setting": {
