@@ -50,7 +50,9 @@ entry with the paired differences *full method (unchanged) minus set
 variant* and their 95 % CIs. Global-local applies ``--set`` to both stages,
 or with ``--set-stage local`` to the local stage only (from the same global
 stage). ``--set normalize='uint8'`` (WSP) multiplies the windowed volumes
-by 255 first, since that input expects intensities in 0-255. Without
+by 255 first, since that input expects intensities in 0-255;
+``--set balance_on=scores`` gives every variant 5-level scores the weak
+label derives from (``fit(scores=...)``, see ``_weak_scores``). Without
 ``--set`` nothing changes::
 
     python method_effects.py wsp --only WSP --set normalize=uint8 \

@@ -107,7 +107,11 @@ _WSP = ProtocolRecipe(
             "WSPPretrainer",
             "normalize",
             "uint8",
-            "default: per-slice z-score",
+            "default: per-slice z-score, kept: linear-probe AUC of zscore minus "
+            "uint8 +0.079 [+0.025, +0.140], +0.037 [-0.029, +0.093], +0.034 "
+            "[-0.016, +0.079] at 20, 50, 100 labels, 95 % CIs "
+            "(``benchmarks/method_effects.py wsp --only WSP --set normalize=uint8``, "
+            "benchmarks/measured/defaults_ab_wsp_normalize.json)",
         ),
         Aspect(
             "pretraining",
@@ -116,7 +120,12 @@ _WSP = ProtocolRecipe(
             "WSPPretrainer",
             "balance_on",
             "scores",
-            "given as fit(scores=...); the weak labels otherwise",
+            "given as fit(scores=...); the weak labels otherwise. Default "
+            "weak_labels kept: linear-probe AUC of weak_labels minus scores "
+            "+0.020 [-0.051, +0.093], -0.011 [-0.062, +0.039], -0.000 "
+            "[-0.051, +0.041] at 20, 50, 100 labels, 95 % CIs "
+            "(``benchmarks/method_effects.py wsp --only WSP --set balance_on=scores``, "
+            "benchmarks/measured/defaults_ab_wsp_balance_on.json)",
         ),
         Aspect(
             "fine-tuning",
