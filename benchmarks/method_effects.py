@@ -49,7 +49,9 @@ keeps the set variant of every method it names. The JSON gets an ``"ab"``
 entry with the paired differences *full method (unchanged) minus set
 variant* and their 95 % CIs. Global-local applies ``--set`` to both stages,
 or with ``--set-stage local`` to the local stage only (from the same global
-stage). ``--set normalize='uint8'`` (WSP) multiplies the windowed volumes
+stage); ``--set-ft NAME=VALUE`` instead changes a fine-tuning parameter
+(:class:`~sklearn_cl3d.ContrastiveSegmenter`) of the same pretrained
+networks. ``--set normalize='uint8'`` (WSP) multiplies the windowed volumes
 by 255 first, since that input expects intensities in 0-255;
 ``--set balance_on=scores`` gives every variant 5-level scores the weak
 label derives from (``fit(scores=...)``, see ``_weak_scores``). Without
@@ -330,8 +332,10 @@ def globallocal(args):
         verbose=0,
         **net,
     )
-    sets = _parse_sets(args.set)
-    only = _only(args, sets)
+    sets, ft_sets = _parse_sets(args.set), _parse_sets(args.set_ft)
+    if sets and ft_sets:
+        raise SystemExit("--set and --set-ft are separate A/Bs; give one.")
+    only = _only(args, sets or ft_sets)
     inits, timings, losses = {"random init": [None]}, {}, {}
 
     def pretrain_seed(seed, suffix="", global_sets=None, local_sets=None, g=None):
@@ -370,6 +374,12 @@ def globallocal(args):
             else:
                 pretrain_seed(seed, suffix, global_sets=sets, local_sets=sets)
 
+    # (name, pretrained fits, fine-tuning parameters); --set-ft adds every
+    # initialisation fine-tuned with the changed parameters
+    runs = [(name, fits, {}) for name, fits in inits.items()]
+    if ft_sets:
+        runs += [(_set_name(name, ft_sets), fits, ft_sets) for name, fits, _ in runs]
+
     n_slices = X.shape[-1]
     rng = np.random.default_rng(0)
     results = []
@@ -379,7 +389,7 @@ def globallocal(args):
             train = chosen[:n]
             steps_per_epoch = -(-n * n_slices // args.ft_batch)
             epochs = max(1, round(args.ft_steps / steps_per_epoch))
-            for name, fits in inits.items():
+            for name, fits, ft_params in runs:
                 if only and name not in only:
                     continue
                 for seed, pretrained in enumerate(fits):
@@ -394,6 +404,7 @@ def globallocal(args):
                         verbose=0,
                         random_state=repeat,
                         **({} if pretrained is not None else net),
+                        **ft_params,
                     )
                     seg.fit(X_pool[train], y_pool[train])
                     results.append(
@@ -413,6 +424,9 @@ def globallocal(args):
     if sets:
         extra["ab"] = _ab(results, "global + local", sets)
         extra["ab"]["set_stage"] = args.set_stage
+    elif ft_sets:
+        extra["ab"] = _ab(results, "global + local", ft_sets)
+        extra["ab"]["stage"] = "fine-tuning (ContrastiveSegmenter)"
     return {
         **extra,
         "setting": {
@@ -627,6 +641,14 @@ def main(argv=None):
         default=None,
         help="A/B: add the full method with this pretraining parameter set "
         "(repeatable); compared against the unchanged full method",
+    )
+    parser.add_argument(
+        "--set-ft",
+        action="append",
+        metavar="NAME=VALUE",
+        default=None,
+        help="globallocal: A/B of a ContrastiveSegmenter parameter, every "
+        "initialisation fine-tuned with and without it (repeatable)",
     )
     parser.add_argument(
         "--set-stage",
