@@ -90,7 +90,7 @@ def skorch_ticker(clock):
     return Tick()
 
 
-def _child(script_globals, sides):
+def _child(sides):
     cfg = json.loads(os.environ["CL3D_BENCH_CFG"])
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -169,7 +169,7 @@ def main(
     run here.
     """
     if "--child" in sys.argv:
-        _child(None, sides)
+        _child(sides)
         return None
     parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__)
     parser.add_argument("--official", type=Path, default=None,
