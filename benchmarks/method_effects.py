@@ -404,7 +404,9 @@ def globallocal(args):
                         verbose=0,
                         random_state=repeat,
                         **({} if pretrained is not None else net),
-                        **ft_params,
+                        # Dice + CE, as measured before the default became
+                        # Dice only (ce_weight=0); --set-ft may override it
+                        **{"ce_weight": 1.0, **ft_params},
                     )
                     seg.fit(X_pool[train], y_pool[train])
                     results.append(

@@ -185,7 +185,7 @@ fig.tight_layout()
 # :class:`~sklearn_cl3d.ContrastiveSegmenter` builds the segmentation U-Net
 # with the pretrainer's geometry, copies the encoder (and, after stage 2, the
 # three pretrained decoder blocks), and trains **all** layers on every slice
-# of the labelled volumes with a Dice + cross-entropy loss. ``pretrained=None``
+# of the labelled volumes with the official Dice loss. ``pretrained=None``
 # trains the same network from random weights. Every initialisation gets the
 # same number of steps (100 batches of 8 slices) whatever the number of
 # labelled volumes, as the paper fixes the number of iterations.

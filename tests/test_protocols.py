@@ -205,10 +205,17 @@ def check_segmenter_dice_only():
         )
         return crit(logits, target)
 
-    default = ContrastiveSegmenter(n_classes=2)
-    official = official_protocol("globallocal").apply(default)
+    dice_ce = ContrastiveSegmenter(n_classes=2, ce_weight=1.0)
+    official = official_protocol("globallocal").apply(dice_ce)
     assert official.ce_weight == 0.0
-    assert loss(default) - loss(official) == pytest.approx(float(ce), rel=1e-6)
+    assert loss(dice_ce) - loss(official) == pytest.approx(float(ce), rel=1e-6)
+    # the default is the official Dice-only loss (switched after a measured A/B)
+    default = ContrastiveSegmenter(n_classes=2)
+    assert loss(default) == pytest.approx(float(loss(official)), rel=1e-6)
+
+
+def test_segmenter_default_loss_is_the_official_dice_only():
+    check_segmenter_dice_only()
 
 
 def check_wsp_steps():
