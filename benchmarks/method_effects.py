@@ -51,8 +51,13 @@ variant* and their 95 % CIs. Global-local applies ``--set`` to both stages,
 or with ``--set-stage local`` to the local stage only (from the same global
 stage); ``--set-ft NAME=VALUE`` instead changes a fine-tuning parameter
 (:class:`~sklearn_cl3d.ContrastiveSegmenter`) of the same pretrained
-networks. ``--set normalize='uint8'`` (WSP) multiplies the windowed volumes
-by 255 first, since that input expects intensities in 0-255;
+networks. ``--local-base NAME=VALUE`` and ``--ft-base NAME=VALUE``
+(global-local, repeatable) set a local-stage or fine-tuning parameter of
+every variant, the unchanged one included: the benchmark's local stage is
+``local='LR'`` and its fine-tuning Dice + CE (``ce_weight=1.0``), as its
+results were measured, so ``--ft-base ce_weight=0.0`` fine-tunes with the
+library's default Dice loss. ``--set normalize='uint8'`` (WSP) multiplies
+the windowed volumes by 255 first, since that input expects intensities in 0-255;
 ``--set balance_on=scores`` gives every variant 5-level scores the weak
 label derives from (``fit(scores=...)``, see ``_weak_scores``). Without
 ``--set`` nothing changes::
@@ -333,6 +338,10 @@ def globallocal(args):
         **net,
     )
     sets, ft_sets = _parse_sets(args.set), _parse_sets(args.set_ft)
+    # the unchanged method's local stage and fine-tuning; Dice + CE
+    # (ce_weight=1.0), as measured before the default became Dice only
+    local_base = {"local": "LR", **_parse_sets(args.local_base)}
+    ft_base = {"ce_weight": 1.0, **_parse_sets(args.ft_base)}
     if sets and ft_sets:
         raise SystemExit("--set and --set-ft are separate A/Bs; give one.")
     only = _only(args, sets or ft_sets)
@@ -347,7 +356,9 @@ def globallocal(args):
             timings.setdefault("global" + suffix, []).append(time.perf_counter() - tic)
         tic = time.perf_counter()
         gl = copy.deepcopy(g).set_params(
-            local="LR", max_epochs=0, local_epochs=args.epochs, **(local_sets or {})
+            **{**local_base, **(local_sets or {})},
+            max_epochs=0,
+            local_epochs=args.epochs,
         )
         gl.partial_fit(X_unlab)
         timings.setdefault("local" + suffix, []).append(time.perf_counter() - tic)
@@ -404,9 +415,7 @@ def globallocal(args):
                         verbose=0,
                         random_state=repeat,
                         **({} if pretrained is not None else net),
-                        # Dice + CE, as measured before the default became
-                        # Dice only (ce_weight=0); --set-ft may override it
-                        **{"ce_weight": 1.0, **ft_params},
+                        **{**ft_base, **ft_params},
                     )
                     seg.fit(X_pool[train], y_pool[train])
                     results.append(
@@ -429,6 +438,9 @@ def globallocal(args):
     elif ft_sets:
         extra["ab"] = _ab(results, "global + local", ft_sets)
         extra["ab"]["stage"] = "fine-tuning (ContrastiveSegmenter)"
+    if sets or ft_sets:
+        extra["ab"]["local_base"] = local_base
+        extra["ab"]["ft_base"] = ft_base
     return {
         **extra,
         "setting": {
@@ -651,6 +663,23 @@ def main(argv=None):
         default=None,
         help="globallocal: A/B of a ContrastiveSegmenter parameter, every "
         "initialisation fine-tuned with and without it (repeatable)",
+    )
+    parser.add_argument(
+        "--local-base",
+        action="append",
+        metavar="NAME=VALUE",
+        default=None,
+        help="globallocal: a local-stage parameter of every variant, the "
+        "unchanged one included (default local='LR'; repeatable)",
+    )
+    parser.add_argument(
+        "--ft-base",
+        action="append",
+        metavar="NAME=VALUE",
+        default=None,
+        help="globallocal: a ContrastiveSegmenter parameter of every "
+        "variant, the unchanged one included (default ce_weight=1.0, "
+        "Dice + CE, as the benchmark's results were measured; repeatable)",
     )
     parser.add_argument(
         "--set-stage",

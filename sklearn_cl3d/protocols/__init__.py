@@ -2,8 +2,10 @@
 
 A :class:`ProtocolRecipe` lists, for one method, every aspect of its
 official protocol (pretraining, fine-tuning, evaluation) with the official
-value, the library's default and the parameter that sets it. The library's
-defaults stay as they are; the official protocol is opt-in:
+value, the library's default and the parameter that sets it. A default
+differs from the official value only where the documentation lists it with
+its reason (``docs/protocols.rst``, "Defaults that differ from the official
+code"); the recipe sets every official value at once:
 
 >>> from sklearn_cl3d import WSPPretrainer
 >>> from sklearn_cl3d.protocols import official_protocol
