@@ -130,7 +130,7 @@ class BaseContrastivePretrainer(
         max_epochs=100,
         batch_size=64,
         device="auto",
-        precision="auto",
+        precision="fp32",
         memory_format="auto",
         compile=False,
         gather_distributed=True,

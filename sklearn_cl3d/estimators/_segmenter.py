@@ -142,8 +142,9 @@ class ContrastiveSegmenter(
         Training steps between two validations (official: 50).
     device : str, default="auto"
         ``"auto"``: CUDA when available, else the CPU.
-    precision : {"auto", "fp32", "bf16"}, default="auto"
-        Autocast precision (``"auto"``: bf16 on a CUDA device supporting it).
+    precision : {"fp32", "auto", "bf16"}, default="fp32"
+        Autocast precision: float32 as the official code; ``"auto"`` is bf16
+        on a CUDA device supporting it (opt-in: see ``YAwarePretrainer``).
     memory_format : {"auto", "contiguous", "channels_last"}, default="auto"
     compile : bool, default=False
         Run the training forwards through :func:`torch.compile`.
@@ -286,7 +287,7 @@ class ContrastiveSegmenter(
         validation_fraction=None,
         validation_interval=50,
         device="auto",
-        precision="auto",
+        precision="fp32",
         memory_format="auto",
         compile=False,
         random_state=None,

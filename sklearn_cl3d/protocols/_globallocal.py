@@ -93,7 +93,7 @@ _GLOBALLOCAL = ProtocolRecipe(
             "GlobalLocalPretrainer",
             "precision",
             "fp32",
-            "default: bf16 on CUDA",
+            "``\"auto\"`` opts in to bf16 on CUDA",
         ),
         Aspect(
             "pretraining",
@@ -173,7 +173,7 @@ _GLOBALLOCAL = ProtocolRecipe(
             "ContrastiveSegmenter",
             "precision",
             "fp32",
-            "default: bf16 on CUDA",
+            "``\"auto\"`` opts in to bf16 on CUDA",
         ),
         Aspect(
             "fine-tuning",

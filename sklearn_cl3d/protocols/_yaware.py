@@ -66,7 +66,7 @@ _YAWARE = ProtocolRecipe(
             "YAwarePretrainer",
             "precision",
             "fp32",
-            "default: bf16 on CUDA",
+            "``\"auto\"`` opts in to bf16 on CUDA",
         ),
         Aspect(
             "fine-tuning",
