@@ -7,6 +7,8 @@ from ._dataset import VolumeDataset, as_volume_dataset, is_volume_collection
 from ._dicom import dicomdir_series, read_dicom_series
 from ._io import SUPPORTED_EXTENSIONS, load_volume
 from ._landmarks import landmark_locations, landmark_neighbors, make_landmarks
+from ._lung_pipeline import prepare_lung_ct
+from ._lungmask import LungMask, segment_lungs
 from ._nrrd import read_nrrd
 from ._partitions import (
     PartitionBatchSampler,
@@ -30,6 +32,7 @@ from ._preprocessing import (
     Resample,
     make_preprocessing,
 )
+from ._registration import register_affine
 from ._slices import (
     BalancedVolumeBatchSampler,
     SliceDataset,
@@ -51,6 +54,10 @@ __all__ = [
     "LocationMajorBatchSampler",
     "extract_patches",
     "map_corners",
+    "LungMask",
+    "segment_lungs",
+    "register_affine",
+    "prepare_lung_ct",
     "central_slice_range",
     "slice_positions",
     "CropOrPad",
