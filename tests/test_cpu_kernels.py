@@ -14,6 +14,7 @@ from sklearn_cl3d.nn._cpu_kernels import (
     _Float32WeightGrad,
     low_precision_safe_convs,
     max_pool3d,
+    safe_conv,
 )
 
 
@@ -176,3 +177,55 @@ def test_max_pool3d_module_and_fallbacks():
     assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
     # the state dict of a DenseNet is unchanged (pooling has no parameters)
     assert "features.pool0" not in "".join(DenseNet3D(block_config=(1,)).state_dict())
+
+
+def test_safe_conv_guards_functional_convolutions():
+    # DrasCLR's location-conditioned convolutions are functional calls: the
+    # tiny-map guard must reach them too (its last layers see 2^3 maps)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 2, 2, 2, generator=gen)
+    w = (torch.randn(6, 8, 3, 3, 3, generator=gen) * 0.1).requires_grad_()
+    grad_out = torch.randn(2, 6, 2, 2, 2, generator=gen).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = safe_conv(x, w, None, 1, 1)
+    assert out.dtype == torch.bfloat16
+    out.backward(grad_out)
+    # float32 weight gradient of the bfloat16-rounded input
+    expected = _naive_weight_grad(
+        grad_out, x.to(torch.bfloat16), (3, 3, 3), (1, 1, 1)
+    )
+    torch.testing.assert_close(w.grad.double(), expected, rtol=1e-5, atol=1e-5)
+    # large maps, float32 and no-grad calls are the plain convolution
+    y = torch.randn(2, 8, 5, 5, 5, generator=gen)
+    for ctx in (torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad()):
+        with ctx:
+            assert torch.equal(safe_conv(y, w, None, 2, 1), F.conv3d(y, w, None, 2, 1))
+    assert torch.equal(safe_conv(x, w, None, 1, 1), F.conv3d(x, w, None, 1, 1))
+
+
+def test_drasclr_bf16_gradients_are_finite_and_close_to_fp32():
+    from sklearn_cl3d.nn import DrasCLRNet
+
+    torch.manual_seed(0)
+    net = DrasCLRNet(n_experts=2, rep_dim=16, projection_dim=8)
+    x = torch.randn(4, 1, 16, 16, 16)
+    loc = torch.rand(4, 3) * 2 - 1
+
+    def grads(autocast):
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(x, loc)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().pow(2).sum().backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters()
+                if p.grad is not None}
+
+    fp32, bf16 = grads(False), grads(True)
+    for name, g in bf16.items():
+        assert torch.isfinite(g).all(), name
+        if name.endswith("conv.weight"):
+            # within the size of float32's gradient (unguarded: up to ~1e37);
+            # conv biases are left out: BatchNorm cancels them, so their
+            # float32 gradient is ~0 and bfloat16's is rounding noise
+            scale = float(fp32[name].abs().max())
+            assert float((g - fp32[name]).abs().max()) <= scale, name

@@ -13,7 +13,8 @@ the estimators.
    output of every convolution whose input has a spatial side of at most 2
    voxels through :class:`_Float32WeightGrad`, whose backward takes the
    weight gradient in float32. These maps are tiny, so the extra work is
-   negligible.
+   negligible. Convolutions called as functions (DrasCLR's
+   location-conditioned ones) go through :func:`safe_conv` instead.
 2. **3-D max pooling.** ATen's contiguous (NCDHW) CPU kernel of
    ``max_pool3d`` is about ten times slower than its channels-last kernel on
    the same numbers (a DenseNet stem's 8 x 64 x 32³ map: 231 ms against
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaxPool3d", "low_precision_safe_convs", "max_pool3d"]
+__all__ = ["MaxPool3d", "low_precision_safe_convs", "max_pool3d", "safe_conv"]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -113,6 +114,54 @@ def _needs_float32_weight_grad(module, x) -> bool:
         and min(x.shape[2:]) <= _TINY
         and _autocast_dtype("cpu") is not None
     )
+
+
+def _tuple(value, n):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+
+def safe_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``F.conv2d``/``F.conv3d`` with the tiny-map guard of
+    :func:`low_precision_safe_convs`, for convolutions called as functions.
+
+    Under CPU autocast to bfloat16 or float16, with gradients enabled, an
+    input with a spatial side of at most 2 voxels goes through
+    :class:`_Float32WeightGrad` (weight gradient in float32); everything else
+    is the plain functional convolution. DrasCLR's location-conditioned
+    convolutions, which mix their kernel per sample, use it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.nn._cpu_kernels import safe_conv
+    >>> w = torch.randn(2, 4, 3, 3, 3, requires_grad=True)
+    >>> with torch.autocast("cpu", torch.bfloat16):
+    ...     y = safe_conv(torch.randn(2, 4, 2, 2, 2), w, padding=1)
+    >>> y.float().sum().backward()
+    >>> bool(torch.isfinite(w.grad).all())
+    True
+    """
+    n = x.ndim - 2
+    dtype = _autocast_dtype(x.device.type)
+    if (
+        dtype is not None
+        and torch.is_grad_enabled()
+        and weight.requires_grad
+        and not isinstance(padding, str)
+        and min(x.shape[2:]) <= _TINY
+    ):
+        return _Float32WeightGrad.apply(
+            x,
+            weight,
+            bias,
+            _tuple(stride, n),
+            _tuple(padding, n),
+            _tuple(dilation, n),
+            groups,
+            dtype,
+        )
+    conv = F.conv3d if n == 3 else F.conv2d
+    return conv(x, weight, bias, stride, padding, dilation, groups)
 
 
 def _tiny_conv_hook(module, args, output):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._condconv import CondConv3d
+from ._cpu_kernels import safe_conv
 from ._densenet import _check_positive_int
 from .functional import routing_gates
 
@@ -54,7 +55,7 @@ class _CondBlock(nn.Module):
             kernel = (gates @ conv.weight.reshape(conv.n_experts, -1)).reshape(
                 conv.weight.shape[1:]
             )
-            y = F.conv3d(x, kernel, conv.bias, conv.stride, conv.padding)
+            y = safe_conv(x, kernel, conv.bias, conv.stride, conv.padding)
         else:
             y = self.conv(x, locations)
         return self.act(self.bn(y))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._cpu_kernels import safe_conv
+
 __all__ = ["cond_conv3d", "resize_in_plane", "routing_gates"]
 
 
@@ -161,7 +163,9 @@ def cond_conv3d(
         batch * out_channels, in_channels, *kernel
     )
     folded = x.reshape(1, batch * in_channels, *x.shape[2:])
-    out = F.conv3d(
+    # safe_conv: F.conv3d, with float32 weight gradients of tiny maps under
+    # CPU reduced-precision autocast (DrasCLR's last layers see 2^3 maps)
+    out = safe_conv(
         folded,
         mixed,
         None if bias is None else bias.repeat(batch),
