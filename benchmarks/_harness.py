@@ -16,7 +16,10 @@ of it is copied here. Run-time patches a side needs to make the official code
 run are recorded by the side in its result (``"patches"``).
 
 The children time steps with :class:`StepClock` and report the peak RSS
-(``VmHWM``), so memory is per side and not inherited from the parent.
+(``VmHWM``), so memory is per side and not inherited from the parent. A side
+whose unit of work is not a training step (one augmented view, say) says so
+with ``"unit"`` in its result. :func:`step_breakdown` splits a fitted
+estimator's training step into its phases.
 """
 
 from __future__ import annotations
@@ -74,20 +77,93 @@ class StepClock:
         }
 
 
-def skorch_ticker(clock):
+def skorch_ticker(clock, keep=None):
     """A skorch callback ticking ``clock`` at the end of every training batch
-    (the clock starts with training)."""
+    (the clock starts with training). With a list ``keep``, the first
+    training batch is appended to it (for :func:`step_breakdown`)."""
     from skorch.callbacks import Callback
 
     class Tick(Callback):
         def on_train_begin(self, net, **kwargs):
             clock.start()
 
+        def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+            if training and keep is not None and not keep:
+                keep.append(batch)
+
         def on_batch_end(self, net, training=None, **kwargs):
             if training:
                 clock.tick()
 
     return Tick()
+
+
+PHASES = ("prepare", "views", "forward", "loss", "backward", "optimizer")
+
+
+def step_breakdown(est, batch, step_s, reps=5, warmup=1):
+    """The phases of a fitted estimator's training step, timed one by one.
+
+    Runs ``warmup + reps`` steps on ``batch`` (a batch the estimator's loader
+    gave, see :func:`skorch_ticker`) through the estimator's own hooks, in
+    the order its ``train_step`` runs them: ``prepare`` (device transfer,
+    normalisation), ``views`` (the two augmented views), ``forward`` (both
+    views through the network, in the estimator's precision), ``loss``,
+    ``backward`` and ``optimizer`` (its step and ``zero_grad``), the device
+    synchronised between phases on CUDA. Returns the median of each phase,
+    their sum, and their shares of ``step_s`` (a step measured by the clock
+    during ``fit``); ``rest`` is the share of the step outside the phases
+    (loading the batch, skorch's bookkeeping). The estimator's parameters
+    change (extra optimizer steps): call it after everything else.
+    """
+    from skorch.dataset import unpack_data
+
+    cuda = torch.device(est.device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    xi, yi = unpack_data(batch)
+    times = {name: [] for name in PHASES}
+    with est._on_device():
+        est._set_training(True)
+        opt = est.optimizer_
+        opt.zero_grad()
+        marks = []
+
+        def mark():
+            sync()
+            marks.append(time.perf_counter())
+
+        for i in range(warmup + reps):
+            marks[:] = [time.perf_counter()]
+            x = est._prepare(xi)
+            mark()
+            v1, v2 = est._views(x)
+            mark()
+            net = est._net()
+            with est._autocast():
+                z1, z2 = net(est._as_input(v1)), net(est._as_input(v2))
+            y_pred = (z1.float(), z2.float())
+            mark()
+            loss = est.get_loss(y_pred, yi, X=xi, training=True)
+            mark()
+            loss.backward()
+            mark()
+            opt.step()
+            opt.zero_grad()
+            mark()
+            if i >= warmup:
+                for name, t0, t1 in zip(PHASES, marks, marks[1:]):
+                    times[name].append(t1 - t0)
+    phase = {name: statistics.median(v) for name, v in times.items()}
+    total = sum(phase.values())
+    share = {name: v / step_s for name, v in phase.items()}
+    share["rest"] = 1.0 - total / step_s
+    return {
+        "reps": reps,
+        "phase_s": phase,
+        "phase_sum_s": total,
+        "step_s": step_s,
+        "share_of_step": share,
+    }
 
 
 def _child(sides):
@@ -117,7 +193,7 @@ def run_side(script, cfg, side, timeout):
     )
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("CL3D_BENCH_RESULT "):
-            rec = json.loads(line[len("CL3D_BENCH_RESULT "):])
+            rec = json.loads(line[len("CL3D_BENCH_RESULT ") :])
             rec["process_wall_s"] = time.perf_counter() - t0
             return rec
     return {
@@ -128,40 +204,77 @@ def run_side(script, cfg, side, timeout):
 
 
 def _summary(records, sides, baseline):
+    """Medians per side, and each side's speed-up against its baseline: the
+    side named ``baseline`` (a str), or ``baseline[side]`` (a dict)."""
     out = {}
     for side in sides:
         runs = [r for r in records if r.get("side") == side and r.get("step_wall_s")]
         if not runs:
             continue
         out[side] = {
+            "unit": runs[0].get("unit", "step"),
             "median_step_wall_s": statistics.median(r["step_wall_s"] for r in runs),
             "median_step_cpu_s": statistics.median(r["step_cpu_s"] for r in runs),
             "median_peak_rss_gib": statistics.median(r["peak_rss_gib"] for r in runs),
             "runs": len(runs),
         }
-    base = out.get(baseline)
-    if base:
-        for side, rec in out.items():
-            rec["speedup_vs_" + baseline] = (
-                base["median_step_wall_s"] / rec["median_step_wall_s"]
-            )
-            # per round: the baseline's run and this side's run of the same round
-            pairs = []
-            for rnd in {r["round"] for r in records}:
-                b = [r for r in records if r["round"] == rnd and r["side"] == baseline]
-                s = [r for r in records if r["round"] == rnd and r["side"] == side]
-                if b and s and b[0].get("step_wall_s") and s[0].get("step_wall_s"):
-                    pairs.append(b[0]["step_wall_s"] / s[0]["step_wall_s"])
-            rec["speedup_per_round"] = sorted(pairs)
+    for side, rec in out.items():
+        base_name = baseline if isinstance(baseline, str) else baseline.get(side)
+        base = out.get(base_name)
+        if not base:
+            continue
+        rec["speedup_vs_" + base_name] = (
+            base["median_step_wall_s"] / rec["median_step_wall_s"]
+        )
+        # per round: the baseline's run and this side's run of the same round
+        pairs = []
+        for rnd in {r["round"] for r in records}:
+            b = [r for r in records if r["round"] == rnd and r["side"] == base_name]
+            s = [r for r in records if r["round"] == rnd and r["side"] == side]
+            if b and s and b[0].get("step_wall_s") and s[0].get("step_wall_s"):
+                pairs.append(b[0]["step_wall_s"] / s[0]["step_wall_s"])
+        rec["speedup_per_round"] = sorted(pairs)
     return out
 
 
+def _checkout(path):
+    """The official checkout: its path and, where it is a git work tree, its
+    commit (an extracted archive has none)."""
+    if path is None:
+        return None
+    root, commit = Path(path).resolve(), None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        out = []
+    if len(out) == 2 and Path(out[0]).resolve() == root:
+        commit = out[1]  # not the commit of a repository around the checkout
+    return {"path": str(root), "commit": commit}
+
+
+def _seconds(x):
+    return f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.3f} s"
+
+
 def main(
-    script, sides, add_arguments, default_out, baseline="official", on_request=(),
-    configure=None, notes=None,
+    script,
+    sides,
+    add_arguments,
+    default_out,
+    baseline="official",
+    on_request=(),
+    configure=None,
+    notes=None,
 ):
     """Parse the command line, run the sides alternately and write the JSON.
 
+    ``baseline`` names the side every other side is compared with, or maps
+    each side to its own (``{"library_x": "official_x", ...}``).
     ``configure(args, parser)``, if given, runs after parsing (before any
     child): it may adjust ``args`` (a ``--quick`` preset, say) or call
     ``parser.error``. ``notes`` (a dict) is written to the JSON as it is:
@@ -172,13 +285,19 @@ def main(
         _child(sides)
         return None
     parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__)
-    parser.add_argument("--official", type=Path, default=None,
-                        help="checkout of the official repository")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="rounds; each round runs every side once")
+    parser.add_argument(
+        "--official",
+        type=Path,
+        default=None,
+        help="checkout of the official repository",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds; each round runs every side once"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sides", nargs="*", default=None,
-                        help="only these sides (default: all)")
+    parser.add_argument(
+        "--sides", nargs="*", default=None, help="only these sides (default: all)"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", type=Path, default=Path(default_out))
     add_arguments(parser)
@@ -202,14 +321,16 @@ def main(
             rec["round"] = rnd
             records.append(rec)
             wall = rec.get("step_wall_s")
-            shown = f"{wall:.3f} s/step" if wall else rec.get("error", "done")
+            unit = rec.get("unit", "step")
+            shown = f"{_seconds(wall)}/{unit}" if wall else rec.get("error", "done")
             print(f"round {rnd + 1}/{args.repeats} {side}: {shown}", flush=True)
     summary = _summary(records, names, baseline)
     payload = {
         "command": "python " + " ".join([Path(script).name] + sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine("cpu", threads=args.threads),
+        "machine": machine(getattr(args, "device", "cpu"), threads=args.threads),
         "config": {k: v for k, v in cfg.items() if k not in ("out",)},
+        "official_checkout": _checkout(args.official),
         "skipped": {s: "no --official checkout given" for s in skipped},
         **({"notes": notes} if notes else {}),
         "summary": summary,
@@ -218,10 +339,14 @@ def main(
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1))
     for side, rec in summary.items():
-        extra = ""
-        if "speedup_vs_" + baseline in rec:
-            extra = f"  x{rec['speedup_vs_' + baseline]:.2f} vs {baseline}"
-        print(f"{side:28s} {rec['median_step_wall_s']:.3f} s/step  "
-              f"{rec['median_peak_rss_gib']:.2f} GiB{extra}")
+        extra = "".join(
+            f"  x{v:.2f} vs {k[len('speedup_vs_') :]}"
+            for k, v in rec.items()
+            if k.startswith("speedup_vs_")
+        )
+        print(
+            f"{side:28s} {_seconds(rec['median_step_wall_s'])}/{rec['unit']}  "
+            f"{rec['median_peak_rss_gib']:.2f} GiB{extra}"
+        )
     print(f"wrote {args.out}")
     return payload
