@@ -1,6 +1,10 @@
 """Helpers shared by the benchmark scripts: machine description, memory and
 timing statistics. Imported as ``from _bench_common import ...`` (the scripts
-run from this folder)."""
+run from this folder).
+
+This is the one place of the machine and memory helpers; ``_harness.py``
+(fresh-process alternation of the sides, step clocks, the JSON) imports
+them from here."""
 
 from __future__ import annotations
 

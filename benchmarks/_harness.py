@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from _bench_common import gib, loadavg, machine, peak_rss_bytes
+from _bench_common import gib, loadavg, machine, peak_rss_bytes, synchronizer
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,8 +118,7 @@ def step_breakdown(est, batch, step_s, reps=5, warmup=1):
     """
     from skorch.dataset import unpack_data
 
-    cuda = torch.device(est.device).type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = synchronizer(est.device)
     xi, yi = unpack_data(batch)
     times = {name: [] for name in PHASES}
     with est._on_device():
