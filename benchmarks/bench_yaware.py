@@ -97,19 +97,18 @@ def official_views(cfg, preset, which):
     from dataset import MRIDataset
 
     shape, n = _shape(cfg, which), cfg["aug_batch"]
-    x = _volumes(n, shape, seed=2)
-    folder = Path(tempfile.mkdtemp())
-    np.save(folder / "x.npy", x)
-    pd.DataFrame({"age": np.linspace(20, 80, n)}).to_csv(folder / "y.csv")
-    del x
-    config = types.SimpleNamespace(
-        tf=OFFICIAL_TF[preset],
-        input_size=(1, *shape),
-        data_train=str(folder / "x.npy"),
-        label_train=str(folder / "y.csv"),
-        label_name="age",
-    )
-    dataset = MRIDataset(config, training=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the dataset loads it whole
+        folder = Path(tmp)
+        np.save(folder / "x.npy", _volumes(n, shape, seed=2))
+        pd.DataFrame({"age": np.linspace(20, 80, n)}).to_csv(folder / "y.csv")
+        config = types.SimpleNamespace(
+            tf=OFFICIAL_TF[preset],
+            input_size=(1, *shape),
+            data_train=str(folder / "x.npy"),
+            label_train=str(folder / "y.csv"),
+            label_name="age",
+        )
+        dataset = MRIDataset(config, training=True)
     clock = StepClock(cfg["aug_warmup"])
     for _ in range(cfg["aug_warmup"] + cfg["aug_reps"]):
         clock.start()
