@@ -564,3 +564,29 @@ def test_inconsistent_y_and_bad_options():
         VolumeDataset(X, preprocessing="zscore")
     with pytest.raises(IndexError):
         VolumeDataset(X)[3]
+
+
+def test_nibabel_is_imported_only_to_read_images(tmp_path):
+    # nibabel pulls pydicom and requests (~14 MiB resident per process,
+    # DataLoader workers included); arrays and .npy files must not need it
+    import subprocess
+    import sys
+
+    path = tmp_path / "v.npy"
+    np.save(path, np.zeros((4, 5, 6), np.float32))
+    code = (
+        "import sys, numpy as np\n"
+        "import sklearn_cl3d\n"
+        "from sklearn_cl3d.data import load_volume, as_volume_dataset\n"
+        "from sklearn_cl3d.data._io import is_volume_source\n"
+        f"volume, affine = load_volume({str(path)!r})\n"
+        "assert volume.shape == (1, 4, 5, 6)\n"
+        "assert len(as_volume_dataset(np.zeros((2, 1, 4, 4, 4)))) == 2\n"
+        "assert not is_volume_source(np.zeros(3))\n"
+        "print(sorted(m for m in ('nibabel', 'pydicom', 'requests') "
+        "if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

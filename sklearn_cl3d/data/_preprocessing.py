@@ -27,7 +27,6 @@ import math
 from numbers import Integral
 
 import numpy as np
-from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from scipy import ndimage
 from sklearn.pipeline import Pipeline
 
@@ -86,6 +85,9 @@ class ReorientToRAS(_VolumeTransformer):
         return {}
 
     def _apply(self, volume, affine, params):
+        # imported here: nibabel is loaded only where it is used
+        from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
         try:
             ornt = io_orientation(affine)
         except Exception as exc:  # nibabel's OrientationError and numpy's errors
