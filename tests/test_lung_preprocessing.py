@@ -390,3 +390,16 @@ def test_prepare_lung_ct_bad_input(tmp_path):
         prepare_lung_ct(atlas_ct, atlas_mask, spacing=-1.0)
     with pytest.raises(ValueError, match="no lung found"):
         prepare_lung_ct(np.full((24, 24, 24), 40.0), atlas_mask)
+
+
+def test_drasclr_protocol_points_at_the_pipeline():
+    import sklearn_cl3d.data
+    from sklearn_cl3d.protocols import official_protocol
+
+    rows = {a.aspect: a for a in official_protocol("drasclr").gaps()}
+    # no estimator parameter sets them: a function before fit, and data
+    note = rows["preprocessing"].note
+    assert "sklearn_cl3d.data.prepare_lung_ct" in note
+    name = next(w for w in note.split() if w.startswith("sklearn_cl3d."))
+    assert getattr(sklearn_cl3d.data, name.rpartition(".")[2]) is prepare_lung_ct
+    assert "landmarks=" in rows["landmarks"].note

@@ -79,14 +79,18 @@ _DRASCLR = ProtocolRecipe(
         Aspect(
             "pretraining",
             "preprocessing",
-            "lung mask, affine registration to an atlas, 1 mm, 60-voxel pad",
-            note="not built in",
+            "lungmask lung mask, ANTs affine registration of the lung masks to "
+            "an atlas, 1 mm B-spline, 60-voxel pad, clip to [-1024, 240]",
+            note="no parameter: run sklearn_cl3d.data.prepare_lung_ct on each CT "
+            "before fit (threshold lung mask, MSE affine of the masks) and pass "
+            "its maps as affines=",
         ),
         Aspect(
             "pretraining",
             "landmarks",
-            "fixed table of 581",
-            note="derived from the mean volume unless given",
+            "fixed table of 581 atlas corners (atlas_patch_loc.npy)",
+            note="data the user supplies as DrasCLREncoder(landmarks=...); "
+            "without it, derived from atlas_mask= or the mean volume",
         ),
     ),
 )
