@@ -39,12 +39,12 @@ def _phantom(shape=SHAPE, seed=0, through=True):
         body = _ellipsoid(shape, c, (0.42 * shape[0], 0.36 * shape[1], 0.45 * shape[2]))
     centres = [c + (-0.2, 0.0, 0.02) * np.asarray(shape)]
     centres.append(c + (0.2, 0.05, -0.02) * np.asarray(shape))
-    right = _ellipsoid(shape, centres[0], (6, 8, 12))
-    left = _ellipsoid(shape, centres[1], (5, 7, 10))
+    low_lung = _ellipsoid(shape, centres[0], (6, 8, 12))
+    high_lung = _ellipsoid(shape, centres[1], (5, 7, 10))
     texture = ndi.gaussian_filter(rng.normal(size=shape), 2.0)
     texture /= texture.std()
     ct = np.where(body, 40.0, -1000.0)
-    lungs = right | left
+    lungs = low_lung | high_lung
     ct[lungs] = -850.0 + 30.0 * texture[lungs]
     # vessels: blobs of tissue inside the lungs, away from their surface
     vessels = np.zeros(shape, dtype=bool)
@@ -52,7 +52,7 @@ def _phantom(shape=SHAPE, seed=0, through=True):
         for step in (-3, 0, 3):
             vessels |= _ellipsoid(shape, centre + (0, step, 2 * step), (1.5,) * 3)
     ct[vessels] = 40.0
-    return ct.astype(np.float32), lungs, right, left, vessels
+    return ct.astype(np.float32), lungs, low_lung, high_lung, vessels
 
 
 def _dice(a, b):
@@ -63,7 +63,7 @@ def _dice(a, b):
 
 
 def test_segment_lungs_recovers_the_phantom_lungs_and_drops_outside_air():
-    ct, lungs, right, left, vessels = _phantom()
+    ct, lungs, low_lung, high_lung, vessels = _phantom()
     assert vessels.sum() > 20  # the holes to fill exist
     mask = segment_lungs(ct)
     assert mask.dtype == bool and mask.shape == ct.shape
@@ -76,23 +76,31 @@ def test_segment_lungs_recovers_the_phantom_lungs_and_drops_outside_air():
     assert _dice(unfilled, lungs) < _dice(mask, lungs)
 
 
-def test_segment_lungs_left_right_labels_and_components():
-    ct, lungs, right, left, _ = _phantom()
+def test_segment_lungs_side_labels_and_components():
+    ct, lungs, low_lung, high_lung, _ = _phantom()
     labels = segment_lungs(ct, label_sides=True)
     assert labels.dtype == np.int8 and set(np.unique(labels)) == {0, 1, 2}
     # 1 is the lung with the smaller mean index along axis 0
-    assert _dice(labels == 1, right) > 0.9 and _dice(labels == 2, left) > 0.9
+    assert _dice(labels == 1, low_lung) > 0.9 and _dice(labels == 2, high_lung) > 0.9
     assert np.array_equal(labels > 0, segment_lungs(ct))
-    # a small gas pocket in the body is dropped by min_fraction, not the lungs
+    # a small gas pocket in the body: the third component, and below
+    # min_fraction of the largest one
     ct[20, 10:12, 20:22] = -1000.0
     pocket = np.zeros(ct.shape, bool)
     pocket[20, 10:12, 20:22] = True
     assert not segment_lungs(ct)[pocket].any()
+    assert not segment_lungs(ct, n_components=3)[pocket].any()
     kept = segment_lungs(ct, n_components=3, min_fraction=0.0)
     assert kept[pocket].all()
     # n_components=1 keeps the larger lung only
     one = segment_lungs(ct, n_components=1)
-    assert _dice(one, right) > 0.9 and not (one & left).any()
+    assert _dice(one, low_lung) > 0.9 and not (one & high_lung).any()
+    # lungs that touch form one component: kept whole, split in two by labels
+    ct[12:29, 19:22, 19:22] = -850.0
+    joined = segment_lungs(ct)
+    assert _dice(joined, lungs) > 0.9 and joined[20, 20, 20]
+    sides = segment_lungs(ct, label_sides=True)
+    assert _dice(sides == 1, low_lung) > 0.85 and _dice(sides == 2, high_lung) > 0.85
 
 
 def test_segment_lungs_keeps_lungs_cut_by_the_field_of_view():
