@@ -47,7 +47,7 @@ def _load(source, affine, name, affine_name):
     return volume[0], affine
 
 
-def _check_args(spacing, pad, window, registration_spacing):
+def _check_args(pad, window, registration_spacing):
     def positive(value):
         return (
             isinstance(value, Real)
@@ -187,7 +187,7 @@ def prepare_lung_ct(
     >>> np.round(affine[:3, 3]).tolist()  # the atlas grid, 3 voxels in
     [3.0, 3.0, 3.0]
     """
-    pad, low, high = _check_args(spacing, pad, window, registration_spacing)
+    pad, low, high = _check_args(pad, window, registration_spacing)
     volume, affine = _load(ct, ct_affine, "ct", "ct_affine")
     atlas, atlas_affine = _load(atlas_mask, atlas_affine, "atlas_mask", "atlas_affine")
     raw_shape = volume.shape
