@@ -35,6 +35,10 @@ Sides:
   forced on (``_cpu_heap_reuse = True``, what the library did before issue
   17, point 4).
 - ``library_noaug``: the same with ``augmentation=None``.
+- ``library_files``, ``library_noaug_files``: the same with the volumes
+  given as ``.npy`` paths, read per batch, as the official DataLoader reads
+  its slices from disk (the array sides hold the whole 64 MB input in memory
+  while the official side holds one batch).
 - ``plain``: the library's backbone + head and ``WSPLoss`` in the official
   side's plain loop: what a minimal step costs with the library's network.
 
@@ -48,6 +52,7 @@ Usage::
 from __future__ import annotations
 
 import resource
+import shutil
 import sys
 import time
 import types
@@ -144,14 +149,29 @@ def plain_side(cfg):
     return _loop(cfg, model, lambda z1, z2: crit(z1, z2, lab, pos), lambda: x, rec)
 
 
-def _library(cfg, augmentation="wsp", heap_reuse=None):
+def _library(cfg, augmentation="wsp", heap_reuse=None, files=False):
+    import tempfile
 
     from sklearn_cl3d import WSPPretrainer
 
     n, size = cfg["batch"], cfg["size"]
     rng = np.random.default_rng(0)
-    # one slice kept per volume and step; depth 10 keeps 7 central slices
-    X = rng.normal(size=(n, 1, size, size, 10)).astype(np.float32)
+    # one slice kept per volume and step; depth 10 keeps 7 central slices;
+    # float32 drawn directly (a float64 draw would double the input's peak)
+    shape = (1, size, size, 10)
+    dataset_bytes = n * int(np.prod(shape)) * 4
+    folder = None
+    if files:
+        # the volumes as .npy files, read per batch: what the official
+        # DataLoader does (its dataset reads slices from disk); written one
+        # at a time, so the whole input is never in memory
+        folder = tempfile.mkdtemp(prefix="bench_wsp_")
+        X = []
+        for i in range(n):
+            X.append(str(Path(folder) / f"v{i:03d}.npy"))
+            np.save(X[-1], rng.standard_normal(shape[1:], dtype=np.float32))
+    else:
+        X = rng.standard_normal((n, *shape), dtype=np.float32)
     weak = np.arange(n) % 2
     if heap_reuse is not None:
         WSPPretrainer._cpu_heap_reuse = heap_reuse
@@ -171,12 +191,17 @@ def _library(cfg, augmentation="wsp", heap_reuse=None):
     )
     rec = {
         "backbone": cfg["backbone"],
-        "dataset_bytes": int(X.nbytes),
+        "dataset_bytes": dataset_bytes,
+        "input": "npy files" if files else "array in memory",
         "cpu_heap_reuse": bool(WSPPretrainer._cpu_heap_reuse),
         "peak_before_gib": gib(peak_rss_bytes()),
     }
     t0 = time.perf_counter()
-    est.fit(X, weak)
+    try:
+        est.fit(X, weak)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return _finish(rec, clock, t0)
 
 
@@ -185,6 +210,8 @@ SIDES = {
     "library": _library,
     "library_heap_reuse": lambda cfg: _library(cfg, heap_reuse=True),
     "library_noaug": lambda cfg: _library(cfg, augmentation=None),
+    "library_files": lambda cfg: _library(cfg, files=True),
+    "library_noaug_files": lambda cfg: _library(cfg, augmentation=None, files=True),
     "plain": plain_side,
 }
 
