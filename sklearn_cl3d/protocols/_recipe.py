@@ -161,7 +161,8 @@ class ProtocolRecipe:
         return clone(estimator).set_params(**params)
 
     def gaps(self):
-        """The aspects the library has no parameter for yet."""
+        """The aspects no estimator parameter sets (their note says how to
+        reproduce them, or that the library does not)."""
         return [a for a in self.aspects if a.parameter is None]
 
     def table(self):
