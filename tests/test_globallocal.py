@@ -553,3 +553,33 @@ def test_segmenter_bn_momentum_parameter():
     bns = [m for m in seg.module_.modules()
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert bns and all(m.momentum == 0.1 for m in bns)
+
+
+def test_set_params_between_partial_fits_reaches_the_losses(volumes):
+    # the benchmark's and a user's flow: the global stage alone, then the local
+    # stage with other loss parameters through set_params + partial_fit
+    def local_run(**params):
+        gl = GlobalLocalPretrainer(**{**TINY, "local": None}, verbose=0)
+        gl.fit(volumes)
+        gl.set_params(max_epochs=0, local_epochs=1, local="LD", **params)
+        gl.partial_fit(volumes)
+        return gl
+
+    four, five = local_run(n_negatives=4), local_run()
+    assert four.local_criterion_.strategy == "LD"
+    assert (four.local_criterion_.n_negatives, five.local_criterion_.n_negatives) == (
+        4,
+        5,
+    )
+    # the loss the local stage trained on changed with n_negatives
+    assert four.history[-1]["train_loss"] != five.history[-1]["train_loss"]
+    # a change of the losses' parameters keeps the trained W of the local loss
+    w = four.local_criterion_.weight.detach().clone()
+    four.set_params(temperature=0.5, local_epochs=0)
+    four.partial_fit(volumes)
+    assert four.local_criterion_.temperature == 0.5
+    torch.testing.assert_close(four.local_criterion_.weight, w, rtol=0, atol=0)
+    # unchanged parameters: the same loss objects
+    crit = four.local_criterion_
+    four.partial_fit(volumes)
+    assert four.local_criterion_ is crit

@@ -495,6 +495,8 @@ default="backbone"
                 self.__dict__["_stage"] = stages[0][0] if stages else "global"
                 self.__dict__.pop("_aug_generator", None)
                 self.initialize()
+            else:
+                self._sync_criteria()
             for stage, epochs in stages:
                 self._run_stage(dataset, stage, epochs, fit_params)
         return self

@@ -24,6 +24,22 @@ __all__ = []
 _GLOBAL_VIEWS = {"GR": (False, 2), "GD-": (True, 2), "GD": (True, 1)}
 
 
+
+def _same_config(a, b):
+    """Whether two keyword dictionaries hold the same values."""
+    if a.keys() != b.keys():
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if x is y:
+            continue
+        try:
+            if not bool(x == y):
+                return False
+        except Exception:  # e.g. tensors of other shapes: not the same
+            return False
+    return True
+
 class GlobalLocalStepMixin:
     """Components, the training step and the stage runs of the pretrainer."""
 
@@ -66,14 +82,16 @@ class GlobalLocalStepMixin:
             self.module_ = self.module_.to(memory_format=fmt)
         return self
 
-    def initialize_criterion(self):
+    def _criterion_kwargs(self):
         kwargs = {
             "strategy": self.strategy or "GD",
             "temperature": self.temperature,
             "pairing": self.gd_pairing,
         }
         kwargs.update(self.get_params_for("criterion"))
-        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
+        return kwargs
+
+    def _local_criterion_kwargs(self):
         channels = tuple(self.channels)
         local = {
             "temperature": self.temperature,
@@ -85,8 +103,39 @@ class GlobalLocalStepMixin:
             "out_features": self.region_dim,
         }
         local.update(self.get_params_for("local_criterion"))
+        return local
+
+    def initialize_criterion(self):
+        kwargs = self._criterion_kwargs()
+        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
+        local = self._local_criterion_kwargs()
         self.local_criterion_ = LocalContrastiveLoss(**local)
+        # what the losses were built from (see _sync_criteria)
+        self.__dict__["_criterion_config"] = (kwargs, local)
         return self
+
+    def _sync_criteria(self):
+        """Rebuild the losses if a parameter they are built from changed.
+
+        ``set_params(local="LD")`` (or ``n_negatives``, ``temperature``,
+        ``strategy``, ...) between ``partial_fit`` calls must reach the
+        losses; the local loss keeps its trained W when its shape allows.
+        """
+        built = self.__dict__.get("_criterion_config")
+        current = (self._criterion_kwargs(), self._local_criterion_kwargs())
+        if built is not None and all(map(_same_config, built, current)):
+            return
+        old_local = self.local_criterion_
+        self._initialize_criterion(
+            reason="Re-initializing the losses: a parameter they are built from "
+            "changed (the local loss keeps its W)."
+        )
+        state = old_local.state_dict()
+        new = self.local_criterion_.state_dict()
+        if state.keys() == new.keys() and all(
+            state[k].shape == new[k].shape for k in state
+        ):
+            self.local_criterion_.load_state_dict(state)
 
     def get_all_learnable_params(self):
         """The parameters the current stage trains.
