@@ -363,7 +363,7 @@ def test_default_parameters_follow_the_paper():
     assert (p["region_size"], p["regions"], p["n_negatives"], p["region_dim"]) == (
         3,
         "official13",
-        5,
+        None,  # the official value of the local strategy: 5 for L^R, 4 for L^D
         128,
     )
     assert p["slice_size"] == 192 and p["freeze_encoder_bn"] is False
@@ -565,7 +565,7 @@ def test_set_params_between_partial_fits_reaches_the_losses(volumes):
         gl.partial_fit(volumes)
         return gl
 
-    four, five = local_run(n_negatives=4), local_run()
+    four, five = local_run(n_negatives=4), local_run(n_negatives=5)
     assert four.local_criterion_.strategy == "LD"
     assert (four.local_criterion_.n_negatives, five.local_criterion_.n_negatives) == (
         4,

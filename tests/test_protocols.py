@@ -200,6 +200,11 @@ def check_gl_negatives(gl_volumes):
     assert (ld.n_negatives, lr.n_negatives) == (4, 5)
     built = _gl_built(ld, gl_volumes)
     assert built.local_criterion_.n_negatives == 4
+    # the default (None) builds the official value of each local strategy
+    for local, expected in (("LD", 4), ("LR", 5)):
+        est = GlobalLocalPretrainer(local=local, **GL_TINY)
+        assert est.n_negatives is None
+        assert _gl_built(est, gl_volumes).local_criterion_.n_negatives == expected
 
 
 def check_segmenter_dice_only():
@@ -316,6 +321,9 @@ def check_wsp_finetuning(wsp_source):
 #: a behaviour check for every (method, estimator, parameter) row whose
 #: official value differs from the default
 BEHAVIOUR = {
+    ("globallocal", "GlobalLocalPretrainer", "n_negatives"): lambda r: (
+        check_gl_negatives(r.getfixturevalue("gl_volumes"))
+    ),
     **{
         ("globallocal", "GlobalLocalPretrainer", p): lambda r: check_gl_length(
             r.getfixturevalue("gl_volumes")

@@ -117,8 +117,10 @@ class GlobalLocalPretrainer(
         Side of the local regions.
     regions : {"official13", "official9"}, default="official13"
         The official fixed region positions (13 or 9 anchors).
-    n_negatives : int, default=5
-        Negative regions per anchor, 1 to 5 (the official L^D scripts use 4).
+    n_negatives : int or None, default=None
+        Negative regions per anchor, 1 to 5. None: the official value of the
+        local strategy, 5 for L^R and 4 for L^D (the official L^D scripts
+        use 4).
     region_dim : int or None, default=128
         Output size of the shared linear map W applied to every flattened
         region (the official ``wgt_en=1``); None: no W (the paper's text).
@@ -312,7 +314,7 @@ default="backbone"
         "n_decoder_blocks": [Interval(Integral, 1, None, closed="left")],
         "region_size": [Interval(Integral, 1, 3, closed="both")],
         "regions": [StrOptions(set(REGION_LAYOUTS))],
-        "n_negatives": [Interval(Integral, 1, 5, closed="both")],
+        "n_negatives": [Interval(Integral, 1, 5, closed="both"), None],
         "region_dim": [Interval(Integral, 1, None, closed="left"), None],
         "local_epochs": [Interval(Integral, 0, None, closed="left"), None],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left"), None],
@@ -345,7 +347,7 @@ default="backbone"
         n_decoder_blocks=3,
         region_size=3,
         regions="official13",
-        n_negatives=5,
+        n_negatives=None,
         region_dim=128,
         temperature=0.1,
         batch_size=12,

@@ -124,7 +124,7 @@ class GlobalLocalDataMixin:
         h, w = (int(s * scale) for s in input_shape[-2:])
         try:
             local_region_positions(
-                h, w, self.region_size, self.regions, self.n_negatives
+                h, w, self.region_size, self.regions, self._n_negatives()
             )
         except ValueError as exc:
             raise ValueError(

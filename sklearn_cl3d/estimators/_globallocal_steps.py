@@ -82,6 +82,12 @@ class GlobalLocalStepMixin:
             self.module_ = self.module_.to(memory_format=fmt)
         return self
 
+    def _n_negatives(self):
+        """``n_negatives``, or the official value of the local strategy."""
+        if self.n_negatives is not None:
+            return self.n_negatives
+        return 4 if self.local == "LD" else 5
+
     def _criterion_kwargs(self):
         kwargs = {
             "strategy": self.strategy or "GD",
@@ -98,7 +104,7 @@ class GlobalLocalStepMixin:
             "strategy": self.local or "LR",
             "region_size": self.region_size,
             "regions": self.regions,
-            "n_negatives": self.n_negatives,
+            "n_negatives": self._n_negatives(),
             "in_channels": channels[-1 - self.n_decoder_blocks],
             "out_features": self.region_dim,
         }

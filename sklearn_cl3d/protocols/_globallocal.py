@@ -76,7 +76,7 @@ _GLOBALLOCAL = ProtocolRecipe(
             "GlobalLocalPretrainer",
             "n_negatives",
             _ld_negatives,
-            "set from local",
+            "set from local; the default None is these values",
         ),
         Aspect(
             "pretraining",
