@@ -489,22 +489,7 @@ def test_loss_under_bf16_autocast_matches_fp32(name):
         assert err.item() <= GRAD_RTOL, err.item()
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="documented as promote(z.dtype, float32); under autocast "
-                "its similarity matmul, and so the loss, is bf16",
-            ),
-        )
-        if name == "global_contrastive_loss"
-        else name
-        for name in LOSSES
-    ],
-)
+@pytest.mark.parametrize("name", LOSSES)
 def test_loss_under_bf16_autocast_is_float32(name):
     fn, inputs = _loss_cases()[name]
     with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):

@@ -690,3 +690,17 @@ def test_local_bad_inputs():
         LocalContrastiveLoss(out_features=8)
     with pytest.raises(ValueError, match="n_negatives"):
         LocalContrastiveLoss(n_negatives=9)
+
+
+def test_global_loss_runs_in_float32_inside_autocast():
+    # documented dtype promote(z.dtype, float32), also when called in an
+    # autocast region (its similarity matmul would otherwise be bfloat16)
+    torch.manual_seed(0)
+    z = torch.randn(12, 16)
+    vol = torch.arange(12) // 4
+    part = torch.arange(12) % 4
+    ref = global_contrastive_loss(z, vol, part, strategy="GR")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = global_contrastive_loss(z, vol, part, strategy="GR")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)

@@ -308,8 +308,11 @@ def global_contrastive_loss(
             "pairing='official'."
         )
 
-    u = cosine_normalize(z, dim=1)
-    s = u @ u.T / temperature
+    # float32 at least, also inside an autocast region (its matmul would be
+    # bf16/fp16 there, and the whole loss with it)
+    with torch.autocast(device.type, enabled=False):
+        u = cosine_normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+        s = u @ u.T / temperature
     eye = torch.eye(n, dtype=torch.bool, device=device)
     same_part = part[:, None] == part[None, :]
     same_vol = vol[:, None] == vol[None, :]
