@@ -301,7 +301,9 @@ print(f"total run time: {time.perf_counter() - start_time:.0f} s")
 # The page runs one pretraining seed and two labelled subsets, so its
 # table can rank the initialisations either way. The benchmark
 # ``python benchmarks/method_effects.py globallocal --target hemisphere``
-# runs this very setting with 3 pretraining seeds and 10 labelled subsets
+# runs this setting with 3 pretraining seeds and 10 labelled subsets, its
+# fine-tuning with Dice + CE (``ce_weight=1.0``, the default when it was
+# measured; this page fine-tunes with the official Dice loss)
 # (one torch thread on an Intel Xeon, family 6, model 207: 2134 s,
 # ``benchmarks/measured/effect_globallocal_hemisphere.json``). As
 # differences to global + local, with 95 % intervals over seeds x subsets:
