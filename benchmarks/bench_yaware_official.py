@@ -28,6 +28,10 @@ Sides:
   raise ``--warmup`` past the compilation steps) and ``official_profile``
   (the share of the official step's CPU time in convolution kernels).
 
+``--device cuda`` trains both sides on the GPU (the official loop with its
+``cuda=True``); each step then ends when the GPU is done, and the records
+add ``cuda_max_allocated_gib``.
+
 Usage::
 
     python benchmarks/bench_yaware_official.py \\
@@ -58,6 +62,21 @@ def _data(cfg):
     return x, age
 
 
+class _Clock(StepClock):
+    """A step clock that waits for the GPU before it stops a step."""
+
+    def stop(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        super().stop()
+
+
+def _device_record(cfg):
+    if not str(cfg["device"]).startswith("cuda"):
+        return {}
+    return {"cuda_max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
 def official_side(cfg):
     root = Path(cfg["official"]).resolve()
     sys.path.insert(0, str(root))
@@ -72,7 +91,8 @@ def official_side(cfg):
         dataset, batch_size=cfg["pairs"], shuffle=True, drop_last=True
     )
     config = types.SimpleNamespace(
-        lr=1e-4, weight_decay=5e-5, cuda=False, nb_epochs=1,
+        lr=1e-4, weight_decay=5e-5, cuda=str(cfg["device"]).startswith("cuda"),
+        nb_epochs=1,
         nb_epochs_per_saving=1, checkpoint_dir=tempfile.mkdtemp(),
     )
     net = densenet121(mode="encoder", drop_rate=0.0)
@@ -80,11 +100,11 @@ def official_side(cfg):
         temperature=0.1, kernel="rbf", sigma=5.0, return_logits=True
     )
     model = yAwareCLModel(net, loss, loader, [], config)
-    clock = StepClock(cfg["warmup"])
+    clock = _Clock(cfg["warmup"])
     clock.start()
     model.optimizer.register_step_post_hook(lambda *a: clock.tick())
     model.pretraining()
-    return {**clock.result(), "patches": []}
+    return {**clock.result(), **_device_record(cfg), "patches": []}
 
 
 def official_profile(cfg):
@@ -120,16 +140,16 @@ def _library(cfg, **params):
 
     from sklearn_cl3d import YAwarePretrainer
 
-    clock = StepClock(cfg["warmup"])
+    clock = _Clock(cfg["warmup"])
 
     x, age = _data(cfg)
     est = YAwarePretrainer(
         backbone="densenet121", batch_size=cfg["pairs"], max_epochs=1,
-        lr=1e-4, sigma=5.0, temperature=0.1, random_state=0, device="cpu",
+        lr=1e-4, sigma=5.0, temperature=0.1, random_state=0, device=cfg["device"],
         verbose=0, callbacks=[("tick", skorch_ticker(clock))], **params,
     )
     est.fit(x, age)
-    return clock.result()
+    return {**clock.result(), **_device_record(cfg)}
 
 
 SIDES = {
@@ -151,6 +171,12 @@ ON_REQUEST = ("official_profile", "library_channels_last", "library_compile")
 
 
 def add_arguments(parser):
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda: both sides train there (the official loop with "
+        "its cuda=True, under DataParallel as it runs)",
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)

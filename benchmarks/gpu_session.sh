@@ -22,6 +22,10 @@
 #                                                  -> bench_yaware.json, gpu_util.csv
 #   precision  benchmarks/bench_precision.py --device cuda, DenseNet-121 only
 #                                                  -> bench_precision.json
+#   official   (not in the default list) benchmarks/bench_yaware_official.py
+#              --device cuda: the official yAwareCLModel loop on the GPU
+#              against YAwarePretrainer.fit, DenseNet-121, 64³, 8 pairs
+#                                                  -> yaware_official.json
 #
 # Eight files at most, all directly under $OUT. Knobs (environment):
 #   GPU_SESSION_STEPS   which steps, in order (default: all five above);
@@ -209,12 +213,29 @@ step_precision() {
         --out "$OUT/bench_precision.json" >>"$LOG" 2>&1
 }
 
+step_official() {
+    if [ ! -d .official/yaware ]; then
+        log "no .official/yaware: step official needs the official checkout"
+        return 2
+    fi
+    local args=(--size 64 --pairs 8 --steps 10 --warmup 3 --repeats 2 --threads 4
+        --timeout 150)
+    if [ "$DRY" = 1 ]; then
+        args=(--size 32 --pairs 2 --steps 1 --warmup 1 --repeats 1 --threads 1
+            --timeout 300)
+    fi
+    limited "${PY[@]}" benchmarks/bench_yaware_official.py --device "$DEVICE" \
+        --official "$ROOT/.official/yaware" --sides official library "${args[@]}" \
+        --out "$OUT/yaware_official.json" >>"$LOG" 2>&1
+}
+
 # caps per step (seconds); the budget cuts the later ones if earlier ones ran long
-declare -A CAP=([setup]=30 [tests]=110 [suite]=90 [yaware]=200 [precision]=50)
+declare -A CAP=([setup]=30 [tests]=110 [suite]=90 [yaware]=200 [precision]=50
+    [official]=200)
 log "start: steps '$STEPS', budget ${BUDGET}s, device $DEVICE, dry run $DRY"
 for step in $STEPS; do
     if [ -z "${CAP[$step]:-}" ]; then
-        log "unknown step $step (setup tests suite yaware precision)"
+        log "unknown step $step (setup tests suite yaware precision official)"
         continue
     fi
     # in this shell (no subshell): setup's PYTHONPATH holds for the others
