@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 
 from ._io import load_volume
 from ._landmarks import landmark_neighbors, make_landmarks
+from ._lungmask import _planar
 from ._patches import check_corners
 
 __all__ = [
@@ -24,14 +25,6 @@ __all__ = [
 
 #: Mean intensity (HU) below which a voxel of the mean volume is lung-like.
 LUNG_THRESHOLD_HU = -400.0
-
-
-def _planar_structure(axis):
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    index = [slice(None)] * 3
-    index[axis] = 1
-    structure[tuple(index)] = ndi.generate_binary_structure(2, 1)
-    return structure
 
 
 def lung_like_mask(mean_volume, threshold=LUNG_THRESHOLD_HU):
@@ -65,7 +58,7 @@ def lung_like_mask(mean_volume, threshold=LUNG_THRESHOLD_HU):
     low = mean_volume < threshold
     enclosed = np.zeros(low.shape, dtype=bool)
     for axis in range(3):
-        enclosed |= ndi.binary_fill_holes(~low, structure=_planar_structure(axis))
+        enclosed |= ndi.binary_fill_holes(~low, structure=_planar(axis))
     return low & enclosed
 
 
