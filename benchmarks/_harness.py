@@ -15,7 +15,9 @@ JSON). The official code is imported from that checkout at run time; nothing
 of it is copied here. Run-time patches a side needs to make the official code
 run are recorded by the side in its result (``"patches"``).
 
-The children time steps with :class:`StepClock` and report the peak RSS
+The children time steps with :class:`StepClock` (:class:`CudaStepClock`
+on a GPU, with :class:`GpuMonitor` sampling the GPU's utilisation) and
+report the peak RSS
 (``VmHWM``), so memory is per side and not inherited from the parent. A side
 whose unit of work is not a training step (one augmented view, say) says so
 with ``"unit"`` in its result. :func:`step_breakdown` splits a fitted
@@ -75,6 +77,86 @@ class StepClock:
             "steps_wall_s": self.wall,
             "peak_rss_gib": gib(peak_rss_bytes()),
         }
+
+
+class CudaStepClock(StepClock):
+    """A :class:`StepClock` that waits for the GPU before it stops a step (a
+    plain one where CUDA is unavailable), so a step's time includes its
+    kernels, not only their launch."""
+
+    def stop(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        super().stop()
+
+
+class GpuMonitor:
+    """GPU utilisation sampled in a background thread while a side trains.
+
+    ``with GpuMonitor(device) as mon: ...`` polls NVML (through
+    ``torch.cuda.utilization``, which needs ``nvidia-ml-py``) every
+    ``interval`` seconds; :meth:`record` gives the mean and median
+    utilisation in percent over the samples taken after :meth:`mark` (call
+    it when the warm-up ends; all samples otherwise), the number of samples,
+    and ``torch.cuda``'s peak allocated and reserved memory. On a CPU device,
+    or where NVML cannot be read, the utilisation fields are absent and the
+    record says why.
+    """
+
+    def __init__(self, device, interval=0.2):
+        self.device = str(device)
+        self.interval = float(interval)
+        self.samples, self._start, self.why = [], 0, None
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self):
+        import threading
+
+        if not self.device.startswith("cuda") or not torch.cuda.is_available():
+            self.why = "not a CUDA device"
+            return self
+        try:
+            torch.cuda.utilization()
+        except Exception as exc:  # NVML missing or unreadable: report, go on
+            self.why = f"NVML unavailable: {type(exc).__name__}: {exc}"
+            return self
+        self._stop = threading.Event()
+
+        def poll():
+            while not self._stop.wait(self.interval):
+                try:
+                    self.samples.append(float(torch.cuda.utilization()))
+                except Exception:  # a failed read is one sample fewer
+                    pass
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def mark(self):
+        """Keep only the samples taken from now on."""
+        self._start = len(self.samples)
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        return False
+
+    def record(self):
+        rec = {}
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            rec["cuda_max_allocated_gib"] = gib(torch.cuda.max_memory_allocated())
+            rec["cuda_max_reserved_gib"] = gib(torch.cuda.max_memory_reserved())
+        samples = self.samples[self._start :] or self.samples
+        if samples:
+            rec["gpu_util_mean_pct"] = statistics.fmean(samples)
+            rec["gpu_util_median_pct"] = statistics.median(samples)
+            rec["gpu_util_samples"] = len(samples)
+        elif self.device.startswith("cuda"):
+            rec["gpu_util_missing"] = self.why or "no sample taken"
+        return rec
 
 
 def skorch_ticker(clock, keep=None):
