@@ -159,10 +159,11 @@ class GpuMonitor:
         return rec
 
 
-def skorch_ticker(clock, keep=None):
+def skorch_ticker(clock, keep=None, monitor=None):
     """A skorch callback ticking ``clock`` at the end of every training batch
     (the clock starts with training). With a list ``keep``, the first
-    training batch is appended to it (for :func:`step_breakdown`)."""
+    training batch is appended to it (for :func:`step_breakdown`). With a
+    :class:`GpuMonitor`, its samples start when the warm-up ends."""
     from skorch.callbacks import Callback
 
     class Tick(Callback):
@@ -176,6 +177,8 @@ def skorch_ticker(clock, keep=None):
         def on_batch_end(self, net, training=None, **kwargs):
             if training:
                 clock.tick()
+                if monitor is not None and clock._n == clock.warmup:
+                    monitor.mark()
 
     return Tick()
 

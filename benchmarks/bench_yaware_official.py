@@ -48,13 +48,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import StepClock, main, skorch_ticker
+from _harness import CudaStepClock, GpuMonitor, main, skorch_ticker
 
 
 def _data(cfg):
     n = cfg["pairs"] * (cfg["warmup"] + cfg["steps"])
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, 1) + (cfg["size"],) * 3, dtype=np.float32)
+    x = rng.standard_normal((n, 1, *cfg["size"]), dtype=np.float32)
     axes = tuple(range(1, x.ndim))
     x -= x.mean(axis=axes, keepdims=True)
     x /= x.std(axis=axes, keepdims=True)
@@ -62,19 +62,66 @@ def _data(cfg):
     return x, age
 
 
-class _Clock(StepClock):
-    """A step clock that waits for the GPU before it stops a step."""
-
-    def stop(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        super().stop()
+#: the GPUs' dense bfloat16 peaks (TFLOP/s, without sparsity), by name
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
-def _device_record(cfg):
+def _bf16_peak(cfg):
     if not str(cfg["device"]).startswith("cuda"):
-        return {}
-    return {"cuda_max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30}
+        return None, None
+    name = torch.cuda.get_device_name()
+    for key, peak in BF16_PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
+        if key in name:
+            return name, peak
+    return name, None
+
+
+def model_flops(shape, volumes):
+    """FLOPs of one training step of DenseNet-121 (encoder) on ``volumes``
+    volumes of 1 x ``shape``: the forward and backward of the plain network,
+    counted by ``torch.utils.flop_counter`` on the meta device (model FLOPs:
+    a recomputation, as in the library's memory-efficient layers, is not
+    counted; the 512-128 head and the loss are below 0.01 %)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sklearn_cl3d.nn import densenet121
+
+    with torch.device("meta"):
+        net = densenet121(memory_efficient=False)
+        x = torch.empty(volumes, 1, *shape)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    return counter.get_total_flops()
+
+
+def _device_record(cfg, monitor, clock=None):
+    """CUDA memory and utilisation, pairs/s and, with ``--flops``, the model
+    FLOP utilisation against the GPU's bfloat16 peak."""
+    rec = monitor.record()
+    step = clock.result().get("step_wall_s") if clock is not None else None
+    if step:
+        rec["pairs_per_s"] = cfg["pairs"] / step
+    if cfg.get("flops") and step:
+        flops = model_flops(cfg["size"], 2 * cfg["pairs"])
+        name, peak = _bf16_peak(cfg)
+        rec["model_flops_per_step"] = flops
+        rec["achieved_tflops"] = flops / step / 1e12
+        if peak:
+            rec["bf16_peak_tflops"] = peak
+            rec["mfu_vs_bf16_peak"] = flops / step / (peak * 1e12)
+            rec["gpu_name"] = name
+    return rec
+
+
+def _tick_and_mark(clock, monitor):
+    """Tick ``clock``; start ``monitor``'s samples when the warm-up ends."""
+
+    def tick(*args):
+        clock.tick()
+        if clock._n == clock.warmup:
+            monitor.mark()
+
+    return tick
 
 
 def official_side(cfg):
@@ -82,7 +129,6 @@ def official_side(cfg):
     sys.path.insert(0, str(root))
     from losses import GeneralizedSupervisedNTXenLoss
     from models.densenet import densenet121
-    from yAwareContrastiveLearning import yAwareCLModel
 
     x, age = _data(cfg)
     pairs = torch.from_numpy(np.stack([x, x], axis=1))  # (n, 2, 1, D, H, W)
@@ -99,12 +145,61 @@ def official_side(cfg):
     loss = GeneralizedSupervisedNTXenLoss(
         temperature=0.1, kernel="rbf", sigma=5.0, return_logits=True
     )
+    return _official_loop(cfg, net, loss, loader, config)
+
+
+def _official_loop(cfg, net, loss, loader, config):
+    """``yAwareCLModel.pretraining`` for one epoch, a step ending at each
+    optimizer step (no validation loader)."""
+    from yAwareContrastiveLearning import yAwareCLModel
+
     model = yAwareCLModel(net, loss, loader, [], config)
-    clock = _Clock(cfg["warmup"])
-    clock.start()
-    model.optimizer.register_step_post_hook(lambda *a: clock.tick())
-    model.pretraining()
-    return {**clock.result(), **_device_record(cfg), "patches": []}
+    clock = CudaStepClock(cfg["warmup"])
+    with GpuMonitor(cfg["device"]) as monitor:
+        model.optimizer.register_step_post_hook(_tick_and_mark(clock, monitor))
+        clock.start()
+        model.pretraining()
+    return {**clock.result(), **_device_record(cfg, monitor, clock), "patches": []}
+
+
+def official_views_side(cfg):
+    """The official pipeline end to end: its ``MRIDataset`` (NumPy views,
+    ``"all_tf"`` or ``"cutout"``, per sample) in ``--workers`` DataLoader
+    workers with pinned memory on CUDA, as its ``main.py`` builds them, then
+    its training loop."""
+    root = Path(cfg["official"]).resolve()
+    sys.path.insert(0, str(root))
+    import pandas as pd
+    from dataset import MRIDataset
+    from losses import GeneralizedSupervisedNTXenLoss
+    from models.densenet import densenet121
+
+    x, age = _data(cfg)
+    folder = Path(tempfile.mkdtemp(prefix="bench_yaware_views_"))
+    np.save(folder / "data.npy", x)
+    pd.DataFrame({"age": age}).to_csv(folder / "labels.csv", index=False)
+    del x
+    cuda = str(cfg["device"]).startswith("cuda")
+    config = types.SimpleNamespace(
+        tf={"all": "all_tf", "cutout": "cutout"}[cfg["views"]],
+        input_size=(1, *cfg["size"]), data_train=str(folder / "data.npy"),
+        label_train=str(folder / "labels.csv"), label_name="age",
+        lr=1e-4, weight_decay=5e-5, cuda=cuda, nb_epochs=1,
+        nb_epochs_per_saving=1, checkpoint_dir=str(folder),
+    )
+    dataset = MRIDataset(config, training=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg["pairs"],
+        sampler=torch.utils.data.RandomSampler(dataset),
+        collate_fn=dataset.collate_fn, pin_memory=cuda,
+        num_workers=cfg["workers"],
+    )
+    net = densenet121(mode="encoder", drop_rate=0.0)
+    loss = GeneralizedSupervisedNTXenLoss(
+        temperature=0.1, kernel="rbf", sigma=5.0, return_logits=True
+    )
+    rec = _official_loop(cfg, net, loss, loader, config)
+    return {**rec, "views": cfg["views"], "workers": cfg["workers"]}
 
 
 def official_profile(cfg):
@@ -140,16 +235,21 @@ def _library(cfg, **params):
 
     from sklearn_cl3d import YAwarePretrainer
 
-    clock = _Clock(cfg["warmup"])
+    clock = CudaStepClock(cfg["warmup"])
 
     x, age = _data(cfg)
-    est = YAwarePretrainer(
-        backbone="densenet121", batch_size=cfg["pairs"], max_epochs=1,
-        lr=1e-4, sigma=5.0, temperature=0.1, random_state=0, device=cfg["device"],
-        verbose=0, callbacks=[("tick", skorch_ticker(clock))], **params,
-    )
-    est.fit(x, age)
-    return {**clock.result(), **_device_record(cfg)}
+    with GpuMonitor(cfg["device"]) as monitor:
+        est = YAwarePretrainer(
+            backbone="densenet121", batch_size=cfg["pairs"], max_epochs=1,
+            lr=1e-4, sigma=5.0, temperature=0.1, random_state=0,
+            device=cfg["device"], verbose=0,
+            callbacks=[("tick", skorch_ticker(clock, monitor=monitor))], **params,
+        )
+        est.fit(x, age)
+    rec = {**clock.result(), **_device_record(cfg, monitor, clock)}
+    for name in ("augmentation", "precision", "memory_format"):
+        rec[name] = est.get_params()[name]
+    return rec
 
 
 SIDES = {
@@ -166,8 +266,25 @@ SIDES = {
         cfg, augmentation="none", memory_format="channels_last"
     ),
     "library_compile": lambda cfg: _library(cfg, augmentation="none", compile=True),
+    # end to end with views (--views, --workers)
+    "official_views": official_views_side,
+    "library_views": lambda cfg: _library(cfg, augmentation=cfg["views"]),
+    "library_views_fast": lambda cfg: _library(
+        cfg, augmentation=cfg["views"], precision="auto", memory_format="auto"
+    ),
+    # the library's fastest setting without views (MFU at the paper's setting)
+    "library_fast": lambda cfg: _library(
+        cfg, augmentation="none", precision="auto", memory_format="auto"
+    ),
 }
-ON_REQUEST = ("official_profile", "library_channels_last", "library_compile")
+ON_REQUEST = (
+    "official_profile", "library_channels_last", "library_compile",
+    "official_views", "library_views", "library_views_fast", "library_fast",
+)
+BASELINE = {side: "official" for side in SIDES}
+BASELINE.update(
+    {"library_views": "official_views", "library_views_fast": "official_views"}
+)
 
 
 def add_arguments(parser):
@@ -177,14 +294,47 @@ def add_arguments(parser):
         help="cpu or cuda: both sides train there (the official loop with "
         "its cuda=True, under DataParallel as it runs)",
     )
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument(
+        "--size", type=_shape, default=(64, 64, 64),
+        help="volume side (64), DxHxW (121x145x121) or 'full' (121x145x121, "
+        "the paper's)",
+    )
+    parser.add_argument(
+        "--views", choices=("all", "cutout"), default="all",
+        help="the views of the *_views sides: the official 'all_tf' set or "
+        "'cutout'",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="DataLoader workers of the official_views side (its main.py: 8)",
+    )
+    parser.add_argument(
+        "--flops", action="store_true",
+        help="add the model FLOPs per step, TFLOP/s and, on a known GPU, the "
+        "utilisation of its bfloat16 peak",
+    )
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
 
 
+def _shape(text):
+    """'64' -> (64, 64, 64); '121x145x121' or 'full' -> (121, 145, 121)."""
+    if text == "full":
+        return (121, 145, 121)
+    try:
+        parts = tuple(int(p) for p in str(text).lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"--size: expected N, DxHxW or 'full', got {text!r}")
+    return parts
+
+
 if __name__ == "__main__":
     main(
         __file__, SIDES, add_arguments, "benchmarks/results/yaware_official.json",
-        on_request=ON_REQUEST,
+        on_request=ON_REQUEST, baseline=BASELINE,
     )

@@ -26,10 +26,27 @@
 #              --device cuda: the official yAwareCLModel loop on the GPU
 #              against YAwarePretrainer.fit, DenseNet-121, 64³, 8 pairs
 #                                                  -> yaware_official.json
+#   e2e        y-Aware end to end with the "all" views: the official pipeline
+#              (its MRIDataset's NumPy views in 8 DataLoader workers, pinned
+#              memory, its loop) against YAwarePretrainer.fit (views on the
+#              GPU) in float32 and with precision/memory_format "auto", at
+#              121x145x121 and at 64³, 8 pairs; pairs/s, GPU utilisation,
+#              CUDA peak memory, model FLOP utilisation
+#                                  -> yaware_e2e_full.json, yaware_e2e_64.json
+#   mfu        the library's fastest y-Aware step at the paper's setting
+#              (121x145x121, 64 pairs, no views, bf16, channels-last): model
+#              FLOP utilisation of the GPU's bf16 peak; 32 pairs if 64 do not
+#              fit                                 -> yaware_mfu.json
+#   drasclr    benchmarks/bench_drasclr.py --device cuda against the official
+#              DrasCLR from .official/drasclr      -> drasclr_gpu.json
+#   wsp        benchmarks/bench_wsp_memory.py --device cuda against the
+#              official WSP from .official/wsp     -> wsp_gpu.json
 #
 # Eight files at most, all directly under $OUT. Knobs (environment):
-#   GPU_SESSION_STEPS   which steps, in order (default: all five above);
-#                       e.g. GPU_SESSION_STEPS="setup yaware" for a rerun
+#   GPU_SESSION_STEPS   which steps, in order (default: "setup tests e2e
+#                       mfu", the first run; the second run is
+#                       "setup suite drasclr wsp", the third
+#                       "setup yaware precision official")
 #   SESSION_BUDGET_S    seconds for the whole script (default 480)
 #   GPU_SESSION_DRY_RUN=1  check the script here without a GPU: device cpu,
 #                       tiny sizes, .venv's python under nice, no wheel
@@ -42,7 +59,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 DRY=${GPU_SESSION_DRY_RUN:-0}
-STEPS=${GPU_SESSION_STEPS:-setup tests suite yaware precision}
+STEPS=${GPU_SESSION_STEPS:-setup tests e2e mfu}
 BUDGET=${SESSION_BUDGET_S:-480}
 SCALE=${GPU_SESSION_CAP_SCALE:-1}
 START=$(date +%s)
@@ -113,6 +130,8 @@ step_setup() {
         # written here before the call (README): no .git travels
         echo "== project commit: $(cat .official/project_commit 2>/dev/null || echo unknown)"
         echo "== official y-Aware commit: $(cat .official/yaware_commit 2>/dev/null || echo unknown)"
+        echo "== official DrasCLR commit: $(cat .official/drasclr_commit 2>/dev/null || echo unknown)"
+        echo "== official WSP commit: $(cat .official/wsp_commit 2>/dev/null || echo unknown)"
         echo "== host: $(uname -a)"
         echo "== cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) x $(nproc)"
         echo "== PYTHONPATH=$PYTHONPATH"
@@ -229,13 +248,89 @@ step_official() {
         --out "$OUT/yaware_official.json" >>"$LOG" 2>&1
 }
 
+# y-Aware end to end: the official pipeline with its views in DataLoader
+# workers against the library's fit, at full size and at 64³
+step_e2e() {
+    if [ ! -d .official/yaware ]; then
+        log "no .official/yaware: step e2e needs the official checkout"
+        return 2
+    fi
+    local sides=(--sides official_views library_views library_views_fast)
+    local common=(--views all --workers 8 --pairs 8 --repeats 1 --threads 4 --flops)
+    local full=(--size full --steps 4 --warmup 2 --timeout 100)
+    local small=(--size 64 --steps 8 --warmup 3 --timeout 60)
+    if [ "$DRY" = 1 ]; then
+        common=(--views all --workers 1 --pairs 2 --repeats 1 --threads 1 --flops)
+        full=(--size 40x48x40 --steps 1 --warmup 1 --timeout 300)
+        small=(--size 32 --steps 1 --warmup 1 --timeout 300)
+    fi
+    limited "${PY[@]}" benchmarks/bench_yaware_official.py --device "$DEVICE" \
+        --official "$ROOT/.official/yaware" "${sides[@]}" "${common[@]}" \
+        "${full[@]}" --out "$OUT/yaware_e2e_full.json" >>"$LOG" 2>&1
+    local rc=$?
+    limited "${PY[@]}" benchmarks/bench_yaware_official.py --device "$DEVICE" \
+        --official "$ROOT/.official/yaware" "${sides[@]}" "${common[@]}" \
+        "${small[@]}" --out "$OUT/yaware_e2e_64.json" >>"$LOG" 2>&1
+    return $((rc | $?))
+}
+
+# model FLOP utilisation at the paper's setting (121x145x121, 64 pairs)
+step_mfu() {
+    local args=(--sides library_fast --size full --steps 2 --warmup 1 --repeats 1
+        --threads 4 --flops --timeout 120)
+    if [ "$DRY" = 1 ]; then
+        args=(--sides library_fast --size 32 --steps 1 --warmup 1 --repeats 1
+            --threads 1 --flops --timeout 300)
+    fi
+    local pairs
+    for pairs in 64 32; do
+        if [ "$DRY" = 1 ]; then pairs=2; fi
+        limited "${PY[@]}" benchmarks/bench_yaware_official.py --device "$DEVICE" \
+            "${args[@]}" --pairs "$pairs" --out "$OUT/yaware_mfu.json" >>"$LOG" 2>&1
+        if grep -q '"mfu_vs_bf16_peak"\|"achieved_tflops"' "$OUT/yaware_mfu.json" \
+            2>/dev/null; then
+            return 0
+        fi
+        log "mfu: no step at $pairs pairs (out of memory?); see yaware_mfu.json"
+        if [ "$DRY" = 1 ]; then return 1; fi
+    done
+    return 1
+}
+
+step_drasclr() {
+    if [ ! -d .official/drasclr ]; then
+        log "WARNING: no .official/drasclr: the official side is skipped"
+    fi
+    local args=(--official "$ROOT/.official/drasclr" --repeats 2 --threads 4
+        --timeout 60)
+    if [ "$DRY" = 1 ]; then
+        args=(--official "$ROOT/.official/drasclr" --quick --repeats 1 --threads 1
+            --timeout 300)
+    fi
+    limited "${PY[@]}" benchmarks/bench_drasclr.py --device "$DEVICE" "${args[@]}" \
+        --out "$OUT/drasclr_gpu.json" >>"$LOG" 2>&1
+}
+
+step_wsp() {
+    if [ ! -d .official/wsp ]; then
+        log "WARNING: no .official/wsp: the official side is skipped"
+    fi
+    local args=(--official "$ROOT/.official/wsp" --repeats 2 --threads 4 --timeout 60)
+    if [ "$DRY" = 1 ]; then
+        args=(--official "$ROOT/.official/wsp" --quick --repeats 1 --threads 1
+            --timeout 300)
+    fi
+    limited "${PY[@]}" benchmarks/bench_wsp_memory.py --device "$DEVICE" "${args[@]}" \
+        --out "$OUT/wsp_gpu.json" >>"$LOG" 2>&1
+}
+
 # caps per step (seconds); the budget cuts the later ones if earlier ones ran long
 declare -A CAP=([setup]=30 [tests]=110 [suite]=90 [yaware]=200 [precision]=50
-    [official]=200)
+    [official]=200 [e2e]=220 [mfu]=110 [drasclr]=130 [wsp]=130)
 log "start: steps '$STEPS', budget ${BUDGET}s, device $DEVICE, dry run $DRY"
 for step in $STEPS; do
     if [ -z "${CAP[$step]:-}" ]; then
-        log "unknown step $step (setup tests suite yaware precision official)"
+        log "unknown step $step (${!CAP[*]})"
         continue
     fi
     # in this shell (no subshell): setup's PYTHONPATH holds for the others
