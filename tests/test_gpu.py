@@ -7,9 +7,10 @@ bf16 parity of every loss of :mod:`sklearn_cl3d.losses` against float32.
 
 Dry run without a GPU: ``SKLEARN_CL3D_GPU_TESTS_ON_CPU=1 pytest
 tests/test_gpu.py`` runs the same tests on device ``"cpu"`` (there
-``precision="auto"`` is float32, and the loss parity runs under CPU bf16
-autocast), skipping only what needs CUDA itself: the host-sync check, CUDA
-memory statistics and the compiled fit (slow to compile on a small CPU).
+``precision="auto"`` is what it resolves to on that CPU, and the loss
+parity runs under CPU bf16 autocast), skipping only what needs CUDA itself:
+the host-sync check, CUDA memory statistics and the compiled fit (slow to
+compile on a small CPU).
 Without the variable and without CUDA everything here is skipped (CI).
 """
 
@@ -30,6 +31,7 @@ from sklearn_cl3d import (
     WSPPretrainer,
     YAwarePretrainer,
 )
+from sklearn_cl3d.estimators import resolve_precision
 from sklearn_cl3d.losses import (
     DiceCELoss,
     drasclr_loss,
@@ -46,8 +48,13 @@ from sklearn_cl3d.nn import CondConv3d, ResNet2D
 ON_CPU = os.environ.get("SKLEARN_CL3D_GPU_TESTS_ON_CPU") == "1"
 DEVICE = "cpu" if ON_CPU else "cuda"
 CUDA = DEVICE == "cuda"
-# what precision="auto" must run the networks in: bf16 on CUDA (H100, A100...)
-AUTO_DTYPE = torch.bfloat16 if CUDA else torch.float32
+# what precision="auto" must run the networks in: bf16 on CUDA (H100, A100...);
+# on a CPU, bf16 only where measured faster (see resolve_precision)
+AUTO_DTYPE = (
+    torch.bfloat16
+    if CUDA or resolve_precision("auto", "cpu") == "bf16"
+    else torch.float32
+)
 
 pytestmark = [
     pytest.mark.gpu,

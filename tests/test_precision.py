@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sklearn_cl3d import SimCLRPretrainer, WSPPretrainer, YAwarePretrainer
-from sklearn_cl3d.estimators import resolve_memory_format, resolve_precision
+from sklearn_cl3d.estimators import _device, resolve_memory_format, resolve_precision
 
 TINY = dict(
     backbone="small3d",
@@ -81,7 +81,61 @@ def test_fp16_uses_a_grad_scaler_and_still_learns(data):
     np.testing.assert_array_equal(again.transform(X), est.transform(X))
 
 
-def test_auto_resolves_to_fp32_and_contiguous_on_cpu():
+@pytest.fixture
+def cpu_as(monkeypatch):
+    """Make the CPU look like another one (vendor, flags) to ``"auto"``."""
+
+    def fake(vendor, flags=()):
+        identity = (vendor, frozenset(flags))
+        monkeypatch.setattr(_device, "_cpu_identity", lambda: identity)
+        _device.cpu_bf16_is_faster.cache_clear()
+
+    yield fake
+    _device.cpu_bf16_is_faster.cache_clear()
+
+
+ZEN4_FLAGS = ("avx2", "avx512f", "avx512_bf16")
+
+
+@pytest.mark.parametrize(
+    "vendor, flags, expected",
+    [
+        ("AuthenticAMD", ZEN4_FLAGS, "bf16"),  # measured 0.54x the fp32 step
+        ("GenuineIntel", ZEN4_FLAGS, "fp32"),  # measured 1.19x (no AMX)
+        ("GenuineIntel", ZEN4_FLAGS + ("amx_bf16", "amx_tile"), "fp32"),  # unmeasured
+        ("AuthenticAMD", ("avx2", "avx512f"), "fp32"),  # Zen 3: no native bf16
+        ("", (), "fp32"),  # /proc/cpuinfo unreadable, other platforms
+    ],
+)
+def test_auto_on_cpu_is_bf16_only_where_measured_faster(
+    cpu_as, vendor, flags, expected
+):
+    cpu_as(vendor, flags)
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", None) == "fp32"
+
+
+def test_auto_on_an_amd_bf16_cpu_trains_in_bf16(cpu_as, data):
+    cpu_as("AuthenticAMD", ZEN4_FLAGS)
+    X, age = data
+    est = YAwarePretrainer(**TINY, precision="auto").fit(X, age)
+    seen = _conv_output_dtypes(est)
+    est.partial_fit(X, age)
+    assert set(seen) == {torch.bfloat16}
+    assert np.isfinite(est.history[:, "train_loss"]).all()
+    assert est.get_params()["precision"] == "auto"  # the parameter is kept
+
+
+def test_cpu_identity_reads_this_machine():
+    vendor, flags = _device._cpu_identity()
+    assert isinstance(vendor, str) and isinstance(flags, frozenset)
+    if vendor:  # Linux: the flags of a real x86 or ARM CPU
+        assert flags
+
+
+def test_auto_resolves_to_fp32_and_contiguous_on_cpu(cpu_as):
+    cpu_as("GenuineIntel", ZEN4_FLAGS)
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     assert resolve_memory_format("auto", "cpu", 5) is torch.contiguous_format

@@ -7,6 +7,7 @@ from ._base import (
     resolve_memory_format,
     resolve_precision,
 )
+from ._device import cpu_bf16_is_faster
 from ._drasclr import DrasCLREncoder
 from ._finetune import FineTunedClassifier, FineTunedRegressor
 from ._globallocal import GlobalLocalNet, GlobalLocalPretrainer
@@ -41,6 +42,7 @@ __all__ = [
     "SimCLRPretrainer",
     "WSPPretrainer",
     "YAwarePretrainer",
+    "cpu_bf16_is_faster",
     "resolve_device",
     "resolve_memory_format",
     "resolve_precision",

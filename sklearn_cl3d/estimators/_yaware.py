@@ -78,8 +78,10 @@ default="cutout"
         Autocast precision of the network's forward passes (weights stay
         float32; the loss always runs in float32). The default is the
         official code's float32. ``"auto"`` is ``"bf16"`` on a CUDA device
-        that supports it, the fast choice on a GPU, and ``"fp32"`` elsewhere;
-        its effect on the downstream score has been measured only under CPU
+        that supports it, the fast choice on a GPU, and on a CPU where
+        bfloat16 was measured faster (AMD CPUs with AVX512-BF16; see
+        :func:`~sklearn_cl3d.estimators.cpu_bf16_is_faster`), ``"fp32"``
+        elsewhere; its effect on the downstream score has been measured only under CPU
         autocast (:ref:`scaling`), so it is opt-in. ``"fp16"`` adds a
         gradient scaler.
     memory_format : {"auto", "contiguous", "channels_last"}, default="auto"

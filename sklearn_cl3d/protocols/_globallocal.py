@@ -93,7 +93,7 @@ _GLOBALLOCAL = ProtocolRecipe(
             "GlobalLocalPretrainer",
             "precision",
             "fp32",
-            "``\"auto\"`` opts in to bf16 on CUDA",
+            "``\"auto\"`` opts in to bf16 on CUDA (and AMD bf16 CPUs)",
         ),
         Aspect(
             "pretraining",
@@ -173,7 +173,7 @@ _GLOBALLOCAL = ProtocolRecipe(
             "ContrastiveSegmenter",
             "precision",
             "fp32",
-            "``\"auto\"`` opts in to bf16 on CUDA",
+            "``\"auto\"`` opts in to bf16 on CUDA (and AMD bf16 CPUs)",
         ),
         Aspect(
             "fine-tuning",

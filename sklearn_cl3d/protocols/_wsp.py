@@ -98,7 +98,7 @@ _WSP = ProtocolRecipe(
             "WSPPretrainer",
             "precision",
             "fp32",
-            "``\"auto\"`` opts in to bf16 on CUDA",
+            "``\"auto\"`` opts in to bf16 on CUDA (and AMD bf16 CPUs)",
         ),
         Aspect(
             "pretraining",

@@ -66,7 +66,7 @@ _YAWARE = ProtocolRecipe(
             "YAwarePretrainer",
             "precision",
             "fp32",
-            "``\"auto\"`` opts in to bf16 on CUDA",
+            "``\"auto\"`` opts in to bf16 on CUDA (and AMD bf16 CPUs)",
         ),
         Aspect(
             "fine-tuning",
