@@ -14,16 +14,17 @@ Measures, and writes as JSON:
    from ``.nii.gz`` paths (int16 MRI-like volumes, ``CropOrPad`` to their own
    shape as the preprocessing) without cache, with an empty cache (first
    epoch: decode and write) and with a filled cache (later epochs), with 0
-   and 2 workers, at 64³ and at the full 121×145×121, next to the training
-   step's demand: the subjects per second one y-Aware step consumes, read
-   from a ``bench_yaware.py`` JSON (``--demand-json``, default the H100 run
-   at 64³) and, for the other size, scaled by the voxel count (marked
-   ``"estimated": true``).
+   and 2 workers (``--workers``), at 64³ and at the full 121×145×121, next
+   to the training step's demand: the subjects per second one y-Aware step
+   consumes, read from a ``bench_yaware.py`` JSON (``--demand-json``,
+   default the H100 run at 64³) and, for the other size, scaled by the
+   voxel count (marked ``"estimated": true``).
 
 Usage::
 
     python benchmarks/bench_data.py               # full run
     python benchmarks/bench_data.py --quick       # seconds, smoke test
+    python benchmarks/bench_data.py --workers 0 8 --skip-generation  # GPU host
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def bench_loader(args, rng, folder):
     sources["npy paths"] = _write_cohort(folder / "npy", args.n, shape, rng, "npy")
     rows = []
     for name, src in sources.items():
-        for workers in (0, 2):
+        for workers in args.workers:
             vps = _throughput(src, args.batch_size, workers, args.repeats)
             rows.append({"source": name, "workers": workers, "volumes_per_s": vps})
             print(f"  {name:<13} workers={workers}: {vps:8.1f} volumes/s")
@@ -211,7 +212,7 @@ def bench_cache(args, rng, folder):
             paths.append(str(p))
         prep = [CropOrPad(shape)]
         demand = _demand(args, shape)
-        for workers in (0, 2):
+        for workers in args.workers:
             cache = sub / f"cache_w{workers}"
             runs = {
                 "no cache": (VolumeDatasetFactory(paths, prep, None), 1),
@@ -280,6 +281,11 @@ def main(argv=None):
     parser.add_argument("--cap-size", type=int, default=96)
     parser.add_argument("--gen-n", type=int, default=50)
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2],
+        help="DataLoader worker counts to measure (default 0 2; the first is "
+        "the ratios' baseline)",
+    )
     parser.add_argument("--skip-cache", action="store_true")
     parser.add_argument(
         "--cache-n", type=int, default=64, help="volumes of the cache part (64³)"

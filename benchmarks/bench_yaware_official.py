@@ -28,6 +28,28 @@ Sides:
   raise ``--warmup`` past the compilation steps) and ``official_profile``
   (the share of the official step's CPU time in convolution kernels).
 
+End to end, with views (on request; ``--views all|cutout``, ``--workers N``):
+
+- ``official_views``: the official pipeline as its ``main.py`` builds it:
+  its ``MRIDataset`` (the volumes as a ``.npy`` file and the ages as a CSV,
+  each sample's two NumPy views drawn in ``--workers`` DataLoader workers:
+  ``"all_tf"`` or ``"cutout"``), pinned memory on CUDA, then its loop.
+- ``library_views``: ``YAwarePretrainer(augmentation=<views>).fit`` (views
+  drawn on the batch's device), its defaults otherwise; compared with
+  ``official_views``.
+- ``library_views_fast``: the same with ``precision="auto"`` and
+  ``memory_format="auto"`` (bfloat16 and channels-last on a GPU).
+- ``library_fast``: no views, ``precision``/``memory_format`` ``"auto"``:
+  the step at the paper's setting (``--size full --pairs 64``).
+
+``--size`` takes a side (64), ``DxHxW`` or ``full`` (121x145x121, the
+paper's). ``--flops`` adds to every record the model FLOPs of a step (the
+plain network's forward and backward on ``2 x pairs`` volumes, counted on
+the meta device), the TFLOP/s achieved and, on an H100/H200/A100, the share
+of the GPU's dense bfloat16 peak (model FLOP utilisation). On CUDA each
+record also has the GPU utilisation sampled through NVML after the warm-up
+and the CUDA peak memory.
+
 ``--device cuda`` trains both sides on the GPU (the official loop with its
 ``cuda=True``); each step then ends when the GPU is done, and the records
 add ``cuda_max_allocated_gib``.
@@ -37,6 +59,10 @@ Usage::
     python benchmarks/bench_yaware_official.py \\
         --official /path/to/yAwareContrastiveLearning \\
         --out benchmarks/measured/yaware_official_cpu.json
+    python benchmarks/bench_yaware_official.py --device cuda \\
+        --official /path/to/yAwareContrastiveLearning --size full --pairs 8 \\
+        --sides official_views library_views library_views_fast \\
+        --views all --workers 8 --flops
 """
 
 from __future__ import annotations

@@ -41,12 +41,16 @@
 #              DrasCLR from .official/drasclr      -> drasclr_gpu.json
 #   wsp        benchmarks/bench_wsp_memory.py --device cuda against the
 #              official WSP from .official/wsp     -> wsp_gpu.json
+#   data       benchmarks/bench_data.py on the GPU host's cores: volumes/s
+#              from .nii.gz, .npy and the on-disk cache with 0 and 8 workers,
+#              at 64³ and 121x145x121, next to the step's demand
+#                                                  -> bench_data_gpu_host.json
 #
 # Eight files at most, all directly under $OUT. Knobs (environment):
 #   GPU_SESSION_STEPS   which steps, in order (default: "setup tests e2e
 #                       mfu", the first run; the second run is
 #                       "setup suite drasclr wsp", the third
-#                       "setup yaware precision official")
+#                       "setup data yaware precision official")
 #   SESSION_BUDGET_S    seconds for the whole script (default 480)
 #   GPU_SESSION_DRY_RUN=1  check the script here without a GPU: device cpu,
 #                       tiny sizes, .venv's python under nice, no wheel
@@ -324,9 +328,17 @@ step_wsp() {
         --out "$OUT/wsp_gpu.json" >>"$LOG" 2>&1
 }
 
+step_data() {
+    local args=(--workers 0 8 --skip-generation)
+    if [ "$DRY" = 1 ]; then args=(--quick --workers 0 1 --skip-generation); fi
+    limited "${PY[@]}" benchmarks/bench_data.py "${args[@]}" \
+        --out "$OUT/bench_data_gpu_host.json" >>"$LOG" 2>&1
+}
+
 # caps per step (seconds); the budget cuts the later ones if earlier ones ran long
 declare -A CAP=([setup]=30 [tests]=110 [suite]=90 [yaware]=200 [precision]=50
-    [official]=200 [e2e]=220 [mfu]=110 [drasclr]=130 [wsp]=130)
+    [official]=200 [e2e]=220 [mfu]=110 [drasclr]=130 [wsp]=130
+    [data]=150)
 log "start: steps '$STEPS', budget ${BUDGET}s, device $DEVICE, dry run $DRY"
 for step in $STEPS; do
     if [ -z "${CAP[$step]:-}" ]; then
