@@ -3,12 +3,19 @@
 official code itself.
 
 Each side trains ``--backbone`` (TinyNet or ResNet-18) on ``--batch`` slices
-of ``--size``² per step, on the CPU, in a fresh process; the sides alternate
-over ``--repeats`` rounds (see ``_harness.py``). Every side reports the
-median step time after ``--warmup`` untimed steps (``--steps`` timed) and its
-peak RSS (``VmHWM``): before the work (imports, data, model;
+of ``--size``² per step, on the CPU or, with ``--device cuda``, on a GPU, in
+a fresh process; the sides alternate over ``--repeats`` rounds (see
+``_harness.py``). Every side reports the median step time after ``--warmup``
+untimed steps (``--steps`` timed), ``slices_per_s`` (``--batch`` / median
+step time) and its peak RSS (``VmHWM``): before the work (imports, data, model;
 ``peak_before_gib``) and after it (``peak_after_gib``), with the minor page
 faults and the system CPU time.
+
+On CUDA (``--device cuda`` or ``cuda:N``) every side trains on the GPU, a
+step ends when the GPU is done (``CudaStepClock``) and each record adds
+``cuda_max_allocated_gib``, ``cuda_max_reserved_gib``, the GPU utilisation
+sampled through NVML after the warm-up (``gpu_util_mean_pct``, ...; see
+``GpuMonitor``) and ``cudnn_benchmark``.
 
 Sides:
 
@@ -21,16 +28,24 @@ Sides:
   the loss, backward, the Adam step. The official ``training_step`` itself is
   not run: it lives in a PyTorch Lightning module whose file also imports
   kornia, cv2, seaborn and the dataset module, and its kornia views would be
-  the only difference. Run-time patch (recorded in ``patches``): the
+  the only difference. On CUDA, as its ``Trainer(gpus=[0])`` (float32
+  in pretraining; cuDNN's autotuner off, Lightning's default): the module on
+  the GPU, and the batch, its labels and its positions copied from pinned
+  memory at every step (its DataLoader pins them), so its loss gets them on
+  the GPU (its ``torch.tensor(labels, device=...)`` and ``.cpu()`` of the
+  positions then copy them). Run-time patch (recorded in ``patches``): the
   published TinyNet does not run, its first convolution takes 2 input
   channels (the slices have 1) and its last one 256 (the previous layer
   gives 128); both are replaced by ``Conv2d(1, 16, 5)`` and
   ``Conv2d(128, 512, 5)`` after construction. ResNet-18 needs no patch.
+  It runs in float32 (its loss weights the log-softmax with float64 kernel
+  weights, as its code makes them).
 - ``library``: ``WSPPretrainer.fit`` on random volumes (``--warmup +
   --steps`` steps of ``--batch`` slices, the default ``"wsp"`` views, built
   on the batch inside the step); a step is the interval between two
   consecutive batch ends (loading the batch, z-score, views, both forward
-  passes, the loss, backward, Adam).
+  passes, the loss, backward, Adam). On CUDA the estimator's defaults there:
+  ``precision="auto"`` (bf16 on GPUs that support it), channels-last.
 - ``library_heap_reuse``: the same with the estimator's CPU heap reuse
   forced on (``_cpu_heap_reuse = True``, what the library did before issue
   17, point 4).
@@ -40,13 +55,34 @@ Sides:
   its slices from disk (the array sides hold the whole 64 MB input in memory
   while the official side holds one batch).
 - ``plain``: the library's backbone + head and ``WSPLoss`` in the official
-  side's plain loop: what a minimal step costs with the library's network.
+  side's plain loop (float32): what a minimal step costs with the library's
+  network.
+
+On request (``--sides NAME ...``): ``library_fp32`` and
+``library_noaug_fp32``, ``library`` and ``library_noaug`` with
+``precision="fp32"`` (the same as those on the CPU, where ``"auto"`` is
+fp32; on a GPU the like-for-like comparison with the float32 official step).
 
 Usage::
 
     python benchmarks/bench_wsp_memory.py --official /path/to/wsp-contrastive
     python benchmarks/bench_wsp_memory.py --backbone resnet18 --official ...
     python benchmarks/bench_wsp_memory.py --quick --repeats 1
+
+On a GPU, the official setting (``config.py``: 512² slices, batch 64,
+TinyNet, float32 in pretraining)::
+
+    python benchmarks/bench_wsp_memory.py --device cuda --official PATH \\
+        --size 512 --batch 64 --warmup 3 --steps 10 --repeats 2 --threads 4 \\
+        --sides official library library_noaug library_noaug_fp32 plain \\
+        --timeout 90
+
+Estimate for an H100 (not measured yet): 20-60 ms per step for every side
+(about 2.5 TFLOP of float32 work per TinyNet step), so each process is
+mostly its set-up: 6-10 s for ``official`` and ``plain``, 10-15 s for a
+``library*`` side (its imports, and the 64 random 512 x 512 x 10 volumes,
+671 MB, drawn on the host). About 90-120 s in all. With ``--backbone
+resnet18`` (about 7 TFLOP per step) add roughly 1 s per process.
 """
 
 from __future__ import annotations
@@ -61,7 +97,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _bench_common import gib, peak_rss_bytes
-from _harness import StepClock, main, skorch_ticker
+from _harness import CudaStepClock, GpuMonitor, main, skorch_ticker
 
 TINYNET_PATCH = (
     "TinyNet.features_conv[0] := Conv2d(1, 16, 5) (published: 2 input channels "
@@ -71,31 +107,63 @@ TINYNET_PATCH = (
 )
 
 
-def _finish(rec, clock, t0):
+def _cuda(cfg):
+    return torch.device(cfg["device"]).type == "cuda"
+
+
+def _bind(cfg):
+    """On ``cuda:N``, make N the current device (its clock and memory)."""
+    if _cuda(cfg) and torch.device(cfg["device"]).index is not None:
+        torch.cuda.set_device(cfg["device"])
+
+
+class _Clock(CudaStepClock):
+    """A step clock (ending a step when the GPU is done) that marks the GPU
+    monitor when the warm-up is over."""
+
+    def __init__(self, warmup, monitor):
+        super().__init__(warmup)
+        self.monitor = monitor
+
+    def stop(self):
+        super().stop()
+        if self._n == self.warmup:
+            self.monitor.mark()
+
+
+def _finish(rec, clock, t0, cfg):
     rec["fit_s"] = time.perf_counter() - t0
     rec["peak_after_gib"] = gib(peak_rss_bytes())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     rec["minor_faults"], rec["process_sys_s"] = usage.ru_minflt, usage.ru_stime
-    return {**rec, **clock.result()}
+    rec = {**rec, **clock.result(), **clock.monitor.record()}
+    if rec["step_wall_s"]:
+        rec["slices_per_s"] = cfg["batch"] / rec["step_wall_s"]
+    if _cuda(cfg):
+        rec["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    return rec
 
 
 def _loop(cfg, model, loss_fn, make_input, rec):
-    """The plain step: the input, two forward passes, the loss, backward, Adam."""
+    """The plain step: the input, two forward passes, the loss, backward,
+    Adam. ``make_input()`` gives ``(x, labels, positions)``, passed on to
+    ``loss_fn(z1, z2, labels, positions)``."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-5)
-    clock = StepClock(cfg["warmup"])
     rec["peak_before_gib"] = gib(peak_rss_bytes())
-    t0 = time.perf_counter()
-    for _ in range(cfg["warmup"] + cfg["steps"]):
-        clock.start()
-        opt.zero_grad()
-        x = make_input()
-        loss = loss_fn(model(x), model(x))
-        loss.backward()
-        opt.step()
-        clock.stop()
-    rec["loss_last"] = float(loss)
-    return _finish(rec, clock, t0)
+    with GpuMonitor(cfg["device"]) as monitor:
+        clock = _Clock(cfg["warmup"], monitor)
+        t0 = time.perf_counter()
+        for _ in range(cfg["warmup"] + cfg["steps"]):
+            clock.start()
+            opt.zero_grad()
+            x, labels, positions = make_input()
+            loss = loss_fn(model(x), model(x), labels, positions)
+            loss.backward()
+            opt.step()
+            clock.stop()
+    rec["loss_last"] = float(loss.detach())
+    return _finish(rec, clock, t0, cfg)
 
 
 def _batch(cfg):
@@ -106,12 +174,31 @@ def _batch(cfg):
     return labels, positions, x
 
 
+def _host_batch(cfg, x, labels, positions):
+    """``make_input`` for the plain loops: on the CPU the batch as it is; on
+    CUDA the batch, its labels and its positions copied to the GPU at every
+    step from pinned memory, as Lightning moves the official DataLoader's
+    pinned batch (``pin_memory=True``) before its ``training_step``."""
+    if not _cuda(cfg):
+        return lambda: (x, labels, positions)
+    device = torch.device(cfg["device"])
+    x = x.pin_memory()
+    labels = torch.as_tensor(labels).long().pin_memory()
+    positions = torch.as_tensor(positions).pin_memory()
+
+    def make_input():
+        return tuple(t.to(device, non_blocking=True) for t in (x, labels, positions))
+
+    return make_input
+
+
 def official_side(cfg):
     sys.path.insert(0, str(Path(cfg["official"]).resolve()))
     from losses import WSPContrastiveLoss
     from models.resnet import resnet18
     from models.tinynet import TinyNet
 
+    _bind(cfg)
     rec = {"backbone": cfg["backbone"], "patches": []}
     if cfg["backbone"] == "tinynet":
         model = TinyNet(mode="encoder", rep_dim=512, hidden_dim=256)
@@ -123,13 +210,17 @@ def official_side(cfg):
     crit = WSPContrastiveLoss(
         types.SimpleNamespace(num_classes=2), sigma=0.85, temperature=0.1
     )
+    if _cuda(cfg):  # Lightning's Trainer(gpus=[0]) moves the module
+        model.to(cfg["device"])
     labels, positions, x = _batch(cfg)
-    x = x * 250.0  # the official step divides its input by 250
+    # the official step divides its input by 250
+    batch = _host_batch(cfg, x * 250.0, labels, positions)
 
-    def loss_fn(z1, z2):
-        return crit(z1, z2, labels, positions)
+    def make_input():
+        x, labels, positions = batch()
+        return x / 250.0, labels, positions
 
-    return _loop(cfg, model, loss_fn, lambda: x / 250.0, rec)
+    return _loop(cfg, model, crit, make_input, rec)
 
 
 def plain_side(cfg):
@@ -143,17 +234,20 @@ def plain_side(cfg):
         net, torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128)
     )
     crit = WSPLoss(sigma=0.85, temperature=0.1)
+    _bind(cfg)
+    model.to(cfg["device"])
     labels, positions, x = _batch(cfg)
     lab, pos = torch.as_tensor(labels), torch.as_tensor(positions)
     rec = {"backbone": cfg["backbone"]}
-    return _loop(cfg, model, lambda z1, z2: crit(z1, z2, lab, pos), lambda: x, rec)
+    return _loop(cfg, model, crit, _host_batch(cfg, x, lab, pos), rec)
 
 
-def _library(cfg, augmentation="wsp", heap_reuse=None, files=False):
+def _library(cfg, augmentation="wsp", heap_reuse=None, files=False, **params):
     import tempfile
 
     from sklearn_cl3d import WSPPretrainer
 
+    _bind(cfg)
     n, size = cfg["batch"], cfg["size"]
     rng = np.random.default_rng(0)
     # one slice kept per volume and step; depth 10 keeps 7 central slices;
@@ -175,7 +269,8 @@ def _library(cfg, augmentation="wsp", heap_reuse=None, files=False):
     weak = np.arange(n) % 2
     if heap_reuse is not None:
         WSPPretrainer._cpu_heap_reuse = heap_reuse
-    clock = StepClock(cfg["warmup"])
+    monitor = GpuMonitor(cfg["device"])
+    clock = _Clock(cfg["warmup"], monitor)
 
     est = WSPPretrainer(
         backbone=cfg["backbone"],
@@ -185,9 +280,10 @@ def _library(cfg, augmentation="wsp", heap_reuse=None, files=False):
         max_epochs=1,
         augmentation=augmentation,
         random_state=0,
-        device="cpu",
+        device=cfg["device"],
         verbose=0,
         callbacks=[("tick", skorch_ticker(clock))],
+        **params,
     )
     rec = {
         "backbone": cfg["backbone"],
@@ -196,13 +292,16 @@ def _library(cfg, augmentation="wsp", heap_reuse=None, files=False):
         "cpu_heap_reuse": bool(WSPPretrainer._cpu_heap_reuse),
         "peak_before_gib": gib(peak_rss_bytes()),
     }
+    if params:
+        rec["params"] = params
     t0 = time.perf_counter()
     try:
-        est.fit(X, weak)
+        with monitor:
+            est.fit(X, weak)
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    return _finish(rec, clock, t0)
+    return _finish(rec, clock, t0, cfg)
 
 
 SIDES = {
@@ -213,7 +312,13 @@ SIDES = {
     "library_files": lambda cfg: _library(cfg, files=True),
     "library_noaug_files": lambda cfg: _library(cfg, augmentation=None, files=True),
     "plain": plain_side,
+    # run only when named in --sides
+    "library_fp32": lambda cfg: _library(cfg, precision="fp32"),
+    "library_noaug_fp32": lambda cfg: _library(
+        cfg, augmentation=None, precision="fp32"
+    ),
 }
+ON_REQUEST = ("library_fp32", "library_noaug_fp32")
 
 
 def add_arguments(parser):
@@ -223,11 +328,29 @@ def add_arguments(parser):
     parser.add_argument("--batch", type=int, default=32, help="slices per step")
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda or cuda:N: every side trains there")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 160², 4 slices, 1 + 1 steps")
 
 
+def _check_device(args, parser):
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device: not a device: {args.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error("--device: cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(f"--device {args.device}: only "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+
+
 def configure(args, parser):
+    _check_device(args, parser)
     if args.quick:
         args.size, args.batch, args.steps, args.warmup = 160, 4, 1, 1
     if args.backbone == "tinynet" and args.size < 156:
@@ -239,5 +362,5 @@ def configure(args, parser):
 if __name__ == "__main__":
     main(
         __file__, SIDES, add_arguments, "benchmarks/results/bench_wsp_memory.json",
-        configure=configure,
+        on_request=ON_REQUEST, configure=configure,
     )
