@@ -261,20 +261,49 @@ def _child(sides):
     print("CL3D_BENCH_RESULT " + json.dumps(out), flush=True)
 
 
+def check_device(args, parser):
+    """``configure`` check of ``--device``: cpu, cuda or cuda:N, CUDA
+    present and the index existing (``parser.error`` otherwise)."""
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device: not a device: {args.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error("--device: cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(
+                f"--device {args.device}: only {torch.cuda.device_count()} "
+                "CUDA device(s)"
+            )
+
+
 def run_side(script, cfg, side, timeout):
     """Run one side in a fresh process and return its JSON record."""
     env = dict(os.environ)
     env["CL3D_BENCH_CFG"] = json.dumps({**cfg, "side": side})
     env["OMP_NUM_THREADS"] = str(cfg["threads"])
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(script), "--child"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=str(HERE),
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), "--child"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(HERE),
+        )
+    except subprocess.TimeoutExpired as exc:  # the other sides still run
+        tail = exc.stderr or ""
+        if isinstance(tail, bytes):
+            tail = tail.decode(errors="replace")
+        return {
+            "side": side,
+            "error": f"timed out after {timeout:g} s",
+            "stderr_tail": tail[-3000:],
+        }
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("CL3D_BENCH_RESULT "):
             rec = json.loads(line[len("CL3D_BENCH_RESULT ") :])

@@ -102,7 +102,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _harness import CudaStepClock, GpuMonitor, main
+from _harness import CudaStepClock, GpuMonitor, check_device, main
 
 LOW, HIGH = -1024.0, 240.0  # the official intensity window
 CUDA_PATCH = (
@@ -476,25 +476,10 @@ def add_arguments(parser):
                         "1 + 1 iterations")
 
 
-def _check_device(args, parser):
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        parser.error(f"--device: not a device: {args.device!r}")
-    if device.type not in ("cpu", "cuda"):
-        parser.error("--device: cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            parser.error(f"--device {args.device}: only "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
-    elif args.dist_backend == "nccl":
-        parser.error("--dist-backend nccl needs --device cuda")
-
-
 def configure(args, parser):
-    _check_device(args, parser)
+    check_device(args, parser)
+    if args.dist_backend == "nccl" and not args.device.startswith("cuda"):
+        parser.error("--dist-backend nccl needs --device cuda")
     if args.quick:
         args.batch, args.landmarks, args.queue = 4, 16, 64
         args.steps, args.warmup = 1, 1

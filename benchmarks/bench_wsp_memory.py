@@ -44,8 +44,9 @@ Sides:
   --steps`` steps of ``--batch`` slices, the default ``"wsp"`` views, built
   on the batch inside the step); a step is the interval between two
   consecutive batch ends (loading the batch, z-score, views, both forward
-  passes, the loss, backward, Adam). On CUDA the estimator's defaults there:
-  ``precision="auto"`` (bf16 on GPUs that support it), channels-last.
+  passes, the loss, backward, Adam). The estimator's defaults: float32
+  (``precision="fp32"``, as the official step) and, on CUDA, channels-last
+  (``memory_format="auto"``).
 - ``library_heap_reuse``: the same with the estimator's CPU heap reuse
   forced on (``_cpu_heap_reuse = True``, what the library did before issue
   17, point 4).
@@ -58,10 +59,10 @@ Sides:
   side's plain loop (float32): what a minimal step costs with the library's
   network.
 
-On request (``--sides NAME ...``): ``library_fp32`` and
-``library_noaug_fp32``, ``library`` and ``library_noaug`` with
-``precision="fp32"`` (the same as those on the CPU, where ``"auto"`` is
-fp32; on a GPU the like-for-like comparison with the float32 official step).
+On request (``--sides NAME ...``): ``library_fast`` and
+``library_noaug_fast``, ``library`` and ``library_noaug`` with
+``precision="auto"`` (bfloat16 on a GPU that supports it; float32 on most
+CPUs): the library's fastest setting, against the float32 official step.
 
 Usage::
 
@@ -74,7 +75,7 @@ TinyNet, float32 in pretraining)::
 
     python benchmarks/bench_wsp_memory.py --device cuda --official PATH \\
         --size 512 --batch 64 --warmup 3 --steps 10 --repeats 2 --threads 4 \\
-        --sides official library library_noaug library_noaug_fp32 plain \\
+        --sides official library library_noaug library_noaug_fast plain \\
         --timeout 90
 
 Estimate for an H100 (not measured yet): 20-60 ms per step for every side
@@ -97,7 +98,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _bench_common import gib, peak_rss_bytes
-from _harness import CudaStepClock, GpuMonitor, main, skorch_ticker
+from _harness import CudaStepClock, GpuMonitor, check_device, main, skorch_ticker
 
 TINYNET_PATCH = (
     "TinyNet.features_conv[0] := Conv2d(1, 16, 5) (published: 2 input channels "
@@ -313,12 +314,12 @@ SIDES = {
     "library_noaug_files": lambda cfg: _library(cfg, augmentation=None, files=True),
     "plain": plain_side,
     # run only when named in --sides
-    "library_fp32": lambda cfg: _library(cfg, precision="fp32"),
-    "library_noaug_fp32": lambda cfg: _library(
-        cfg, augmentation=None, precision="fp32"
+    "library_fast": lambda cfg: _library(cfg, precision="auto"),
+    "library_noaug_fast": lambda cfg: _library(
+        cfg, augmentation=None, precision="auto"
     ),
 }
-ON_REQUEST = ("library_fp32", "library_noaug_fp32")
+ON_REQUEST = ("library_fast", "library_noaug_fast")
 
 
 def add_arguments(parser):
@@ -334,23 +335,8 @@ def add_arguments(parser):
                         help="smoke run: 160², 4 slices, 1 + 1 steps")
 
 
-def _check_device(args, parser):
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        parser.error(f"--device: not a device: {args.device!r}")
-    if device.type not in ("cpu", "cuda"):
-        parser.error("--device: cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            parser.error(f"--device {args.device}: only "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
-
-
 def configure(args, parser):
-    _check_device(args, parser)
+    check_device(args, parser)
     if args.quick:
         args.size, args.batch, args.steps, args.warmup = 160, 4, 1, 1
     if args.backbone == "tinynet" and args.size < 156:

@@ -74,7 +74,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import CudaStepClock, GpuMonitor, main, skorch_ticker
+from _harness import CudaStepClock, GpuMonitor, check_device, main, skorch_ticker
 
 
 def _data(cfg):
@@ -362,5 +362,5 @@ def _shape(text):
 if __name__ == "__main__":
     main(
         __file__, SIDES, add_arguments, "benchmarks/results/yaware_official.json",
-        on_request=ON_REQUEST, baseline=BASELINE,
+        on_request=ON_REQUEST, baseline=BASELINE, configure=check_device,
     )

@@ -301,31 +301,31 @@ step_mfu() {
     return 1
 }
 
+# official_bench CHECKOUT SCRIPT OUTFILE [GPU ARGS...]: a bench_*.py against
+# the official checkout .official/CHECKOUT (skipped sides without it)
+official_bench() {
+    local checkout=$1 script=$2 outfile=$3
+    shift 3
+    if [ ! -d ".official/$checkout" ]; then
+        log "WARNING: no .official/$checkout: the official sides are skipped"
+    fi
+    local args=(--repeats 2 --threads 4 --timeout 90 "$@")
+    if [ "$DRY" = 1 ]; then args=(--quick --repeats 1 --threads 1 --timeout 300); fi
+    limited "${PY[@]}" "benchmarks/$script" --device "$DEVICE" \
+        --official "$ROOT/.official/$checkout" "${args[@]}" \
+        --out "$OUT/$outfile" >>"$LOG" 2>&1
+}
+
+# the official per-GPU settings: DrasCLR 32 anchors, 581 landmarks, queues of
+# 4096 (the script's defaults); WSP 512² slices, batch 64, TinyNet
 step_drasclr() {
-    if [ ! -d .official/drasclr ]; then
-        log "WARNING: no .official/drasclr: the official side is skipped"
-    fi
-    local args=(--official "$ROOT/.official/drasclr" --repeats 2 --threads 4
-        --timeout 60)
-    if [ "$DRY" = 1 ]; then
-        args=(--official "$ROOT/.official/drasclr" --quick --repeats 1 --threads 1
-            --timeout 300)
-    fi
-    limited "${PY[@]}" benchmarks/bench_drasclr.py --device "$DEVICE" "${args[@]}" \
-        --out "$OUT/drasclr_gpu.json" >>"$LOG" 2>&1
+    official_bench drasclr bench_drasclr.py drasclr_gpu.json --warmup 3 --steps 12
 }
 
 step_wsp() {
-    if [ ! -d .official/wsp ]; then
-        log "WARNING: no .official/wsp: the official side is skipped"
-    fi
-    local args=(--official "$ROOT/.official/wsp" --repeats 2 --threads 4 --timeout 60)
-    if [ "$DRY" = 1 ]; then
-        args=(--official "$ROOT/.official/wsp" --quick --repeats 1 --threads 1
-            --timeout 300)
-    fi
-    limited "${PY[@]}" benchmarks/bench_wsp_memory.py --device "$DEVICE" "${args[@]}" \
-        --out "$OUT/wsp_gpu.json" >>"$LOG" 2>&1
+    official_bench wsp bench_wsp_memory.py wsp_gpu.json --size 512 --batch 64 \
+        --warmup 3 --steps 10 \
+        --sides official library library_noaug library_noaug_fast plain
 }
 
 step_data() {
