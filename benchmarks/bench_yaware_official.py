@@ -23,7 +23,8 @@ Sides:
   the batch inside the step.
 - ``library_plain``: ``backbone__memory_efficient=False`` (plain autograd).
 - ``library_bf16``: ``precision="bf16"``.
-- on request (``--sides``): ``library_channels_last``
+- on request (``--sides``): ``library_conv1x1`` (the 1x1x1 convolutions
+  on oneDNN, as before ``PointwiseConv3d``), ``library_channels_last``
   (``memory_format="channels_last"``), ``library_compile`` (``compile=True``;
   raise ``--warmup`` past the compilation steps) and ``official_profile``
   (the share of the official step's CPU time in convolution kernels).
@@ -257,6 +258,15 @@ def official_profile(cfg):
     }
 
 
+def _library_without_matmul(cfg):
+    """The library with its 1x1x1 convolutions back on oneDNN (what it did
+    before ``PointwiseConv3d``): the effect of that change alone."""
+    from sklearn_cl3d.nn._cpu_kernels import PointwiseConv3d
+
+    PointwiseConv3d.matmul_applies = lambda self, x: False
+    return _library(cfg, augmentation="none")
+
+
 def _library(cfg, **params):
 
     from sklearn_cl3d import YAwarePretrainer
@@ -292,6 +302,7 @@ SIDES = {
         cfg, augmentation="none", memory_format="channels_last"
     ),
     "library_compile": lambda cfg: _library(cfg, augmentation="none", compile=True),
+    "library_conv1x1": _library_without_matmul,
     # end to end with views (--views, --workers)
     "official_views": official_views_side,
     "library_views": lambda cfg: _library(cfg, augmentation=cfg["views"]),
@@ -304,7 +315,7 @@ SIDES = {
     ),
 }
 ON_REQUEST = (
-    "official_profile", "library_channels_last", "library_compile",
+    "official_profile", "library_channels_last", "library_compile", "library_conv1x1",
     "official_views", "library_views", "library_views_fast", "library_fast",
 )
 BASELINE = {side: "official" for side in SIDES}

@@ -1,5 +1,6 @@
 """CPU work-arounds: float32 weight gradients of tiny reduced-precision
-convolutions, and the channels-last max pooling."""
+convolutions, the channels-last max pooling and the 1x1x1 convolutions as
+matrix products."""
 
 import itertools
 
@@ -8,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sklearn_cl3d.nn import DenseNet3D
+from sklearn_cl3d.nn import DenseNet3D, _cpu_kernels, densenet121
 from sklearn_cl3d.nn._cpu_kernels import (
     MaxPool3d,
+    PointwiseConv3d,
     _Float32WeightGrad,
     low_precision_safe_convs,
     max_pool3d,
@@ -229,3 +231,89 @@ def test_drasclr_bf16_gradients_are_finite_and_close_to_fp32():
             # float32 gradient is ~0 and bfloat16's is rounding noise
             scale = float(fp32[name].abs().max())
             assert float((g - fp32[name]).abs().max()) <= scale, name
+
+
+# ------------------------------------------------------ 1x1x1 convolutions
+def _naive_pointwise(x, weight):
+    """out[n, o, v] = sum_i W[o, i] x[n, i, v], by explicit sums in float64."""
+    x64, w64 = x.double(), weight.double().flatten(1)
+    out = torch.zeros(x.shape[0], w64.shape[0], *x.shape[2:], dtype=torch.float64)
+    for o in range(w64.shape[0]):
+        for i in range(w64.shape[1]):
+            out[:, o] += w64[o, i] * x64[:, i]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4, 6), (1, 16, 8, 8, 8), (3, 1, 2, 2, 2)])
+def test_pointwise_conv_matches_a_naive_sum_and_conv3d(shape):
+    torch.manual_seed(0)
+    conv = PointwiseConv3d(shape[1], 7)
+    x = torch.randn(shape, requires_grad=True)
+    assert conv.matmul_applies(x)
+    out = conv(x)
+    torch.testing.assert_close(
+        out.double(), _naive_pointwise(x, conv.weight), rtol=1e-5, atol=1e-5
+    )
+    # gradients against the autograd of F.conv3d (oneDNN)
+    g = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, conv.weight), g)
+    ref = F.conv3d(x, conv.weight)
+    rx, rw = torch.autograd.grad(ref, (x, conv.weight), g)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-4)
+
+
+def test_pointwise_conv_gradcheck():
+    conv = PointwiseConv3d(3, 2).double()
+    x = torch.randn(2, 3, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    fn = _cpu_kernels._PointwiseConv.apply
+    assert torch.autograd.gradcheck(fn, (x, conv.weight))
+
+
+def test_pointwise_conv_falls_back_to_conv3d(monkeypatch):
+    calls = []
+    real = _cpu_kernels.pointwise_conv3d
+    monkeypatch.setattr(_cpu_kernels, "pointwise_conv3d",
+                        lambda *a: calls.append(1) or real(*a))
+    conv = PointwiseConv3d(4, 3)
+    x = torch.randn(2, 4, 3, 3, 3)
+    conv(x)
+    assert calls == [1]
+    # channels-last and strided inputs: oneDNN's convolution, same values
+    for inp in (x.contiguous(memory_format=torch.channels_last_3d), x[:, :, ::2]):
+        out = conv(inp)
+        assert calls == [1]
+        torch.testing.assert_close(out, F.conv3d(inp, conv.weight))
+    with torch.autocast("cpu", torch.bfloat16):
+        out = conv(x)
+    assert calls == [1] and out.dtype == torch.bfloat16  # autocast's own conv
+    assert not conv.matmul_applies(x.to("meta"))
+
+
+def test_pointwise_conv_state_dict_is_that_of_conv3d():
+    conv = PointwiseConv3d(6, 4)
+    plain = nn.Conv3d(6, 4, kernel_size=1, bias=False)
+    assert {k: v.shape for k, v in conv.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()
+    }
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 6, 3, 3, 3)
+    torch.testing.assert_close(conv(x), plain(x))
+
+
+def test_densenet121_runs_its_1x1_convolutions_as_matrix_products(monkeypatch):
+    calls = []
+    real = _cpu_kernels.pointwise_conv3d_backward
+    monkeypatch.setattr(
+        _cpu_kernels, "pointwise_conv3d_backward",
+        lambda *a: calls.append(1) or real(*a),
+    )
+    import sklearn_cl3d.nn._densenet as densenet
+
+    monkeypatch.setattr(densenet, "pointwise_conv3d_backward",
+                        _cpu_kernels.pointwise_conv3d_backward)
+    net = densenet121()
+    pointwise = [m for m in net.modules() if isinstance(m, PointwiseConv3d)]
+    assert len(pointwise) == 58 + 3  # every dense layer's conv1 and transitions
+    net(torch.randn(2, 1, 32, 32, 32)).sum().backward()
+    assert len(calls) == 61

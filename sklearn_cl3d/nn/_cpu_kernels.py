@@ -31,7 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaxPool3d", "low_precision_safe_convs", "max_pool3d", "safe_conv"]
+__all__ = [
+    "MaxPool3d",
+    "PointwiseConv3d",
+    "low_precision_safe_convs",
+    "max_pool3d",
+    "pointwise_conv3d",
+    "pointwise_conv3d_backward",
+    "safe_conv",
+]
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -311,3 +319,132 @@ class MaxPool3d(nn.MaxPool3d):
             self.dilation,
             self.ceil_mode,
         )
+
+
+# ------------------------------------------------------ 3. 1x1x1 convolutions
+def _pointwise_applies(x, weight) -> bool:
+    """Whether a bias-free, stride-1, unpadded 1x1x1 convolution of ``x`` by
+    ``weight`` takes the matrix-product path."""
+    return (
+        x.device.type == "cpu"
+        and x.ndim == 5
+        and weight.ndim == 5
+        and tuple(weight.shape[2:]) == (1, 1, 1)
+        and x.shape[1] == weight.shape[1]
+        and x.dtype in (torch.float32, torch.float64)
+        and weight.dtype == x.dtype
+        and x.is_contiguous()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def pointwise_conv3d(x, weight):
+    """A 1x1x1 convolution as one matrix product per sample, in NCDHW.
+
+    ``out[n] = W @ x[n]`` with ``W`` the ``(out_channels, in_channels)``
+    weight and ``x[n]`` the ``(in_channels, D*H*W)`` sample: no layout
+    reorder. No autograd of its own (see :class:`PointwiseConv3d`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> from sklearn_cl3d.nn._cpu_kernels import pointwise_conv3d
+    >>> x, w = torch.randn(2, 8, 4, 4, 4), torch.randn(3, 8, 1, 1, 1)
+    >>> torch.allclose(pointwise_conv3d(x, w), F.conv3d(x, w), atol=1e-5)
+    True
+    """
+    n, c = x.shape[:2]
+    w = weight.reshape(weight.shape[0], c)
+    out = torch.bmm(w.expand(n, -1, -1), x.reshape(n, c, -1))
+    return out.view(n, weight.shape[0], *x.shape[2:])
+
+
+def pointwise_conv3d_backward(grad_out, x, weight, need_input=True, need_weight=True):
+    """Input and weight gradients of :func:`pointwise_conv3d` (None where not
+    needed): ``W.T @ g[n]`` per sample and ``sum_n g[n] @ x[n].T``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.nn._cpu_kernels import pointwise_conv3d_backward
+    >>> x, w = torch.randn(2, 8, 4, 4, 4), torch.randn(3, 8, 1, 1, 1)
+    >>> gx, gw = pointwise_conv3d_backward(torch.ones(2, 3, 4, 4, 4), x, w)
+    >>> gx.shape, gw.shape
+    (torch.Size([2, 8, 4, 4, 4]), torch.Size([3, 8, 1, 1, 1]))
+    """
+    n, c = x.shape[:2]
+    o = weight.shape[0]
+    g = grad_out.reshape(n, o, -1)
+    grad_x = grad_w = None
+    if need_input:
+        w = weight.reshape(o, c)
+        grad_x = torch.bmm(w.t().expand(n, -1, -1), g).view(x.shape)
+    if need_weight:
+        grad_w = torch.bmm(g, x.reshape(n, c, -1).transpose(1, 2)).sum(0)
+        grad_w = grad_w.view(weight.shape)
+    return grad_x, grad_w
+
+
+class _PointwiseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return pointwise_conv3d(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        return pointwise_conv3d_backward(grad_out, x, weight, need_x, need_w)
+
+
+class PointwiseConv3d(nn.Conv3d):
+    """A 1x1x1, stride-1, bias-free :class:`torch.nn.Conv3d` that runs as
+    batched matrix products on contiguous float CPU inputs outside autocast
+    (see the module docstring), and as ``nn.Conv3d`` elsewhere.
+
+    Same parameters and state-dict keys as ``nn.Conv3d(in_channels,
+    out_channels, kernel_size=1, bias=False)``.
+
+    Parameters
+    ----------
+    in_channels : int
+    out_channels : int
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_cl3d.nn._cpu_kernels import PointwiseConv3d
+    >>> conv = PointwiseConv3d(8, 4)
+    >>> x = torch.randn(2, 8, 5, 5, 5)
+    >>> ref = torch.nn.functional.conv3d(x, conv.weight)
+    >>> torch.allclose(conv(x), ref, atol=1e-5)
+    True
+    """
+
+    def __init__(self, in_channels, out_channels, device=None, dtype=None):
+        super().__init__(
+            in_channels, out_channels, kernel_size=1, bias=False,
+            device=device, dtype=dtype,
+        )
+
+    def matmul_applies(self, x) -> bool:
+        """Whether ``forward(x)`` takes the matrix-product path."""
+        return (
+            isinstance(x, torch.Tensor)
+            and self.bias is None
+            and self.groups == 1
+            and self.stride == (1, 1, 1)
+            and self.padding == (0, 0, 0)
+            and self.dilation == (1, 1, 1)
+            and _pointwise_applies(x, self.weight)
+        )
+
+    def forward(self, x):
+        if self.matmul_applies(x):
+            return _PointwiseConv.apply(x, self.weight)
+        return super().forward(x)

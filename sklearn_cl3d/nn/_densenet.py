@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ._cpu_kernels import MaxPool3d
+from ._cpu_kernels import MaxPool3d, PointwiseConv3d, pointwise_conv3d_backward
 
 __all__ = ["DenseNet3D", "densenet121"]
 
@@ -100,6 +100,8 @@ def _batch_norm_relu(x, bn, mean, invstd):
 
 def _conv_backward(grad_out, x, conv, need_weight):
     """Input and weight gradients of a bias-free convolution ``conv(x)``."""
+    if isinstance(conv, PointwiseConv3d) and conv.matmul_applies(x):
+        return pointwise_conv3d_backward(grad_out, x, conv.weight, True, need_weight)
     grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
         grad_out,
         x,
@@ -223,9 +225,7 @@ class _DenseLayer(nn.Module):
         width = bn_size * growth_rate
         self.norm1 = nn.BatchNorm3d(num_input_features)
         self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv3d(
-            num_input_features, width, kernel_size=1, stride=1, bias=False
-        )
+        self.conv1 = PointwiseConv3d(num_input_features, width)
         self.norm2 = nn.BatchNorm3d(width)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv3d(
@@ -260,7 +260,7 @@ class _DenseLayer(nn.Module):
         return (
             _plain_batch_norm(self.norm1)
             and _plain_batch_norm(self.norm2)
-            and type(self.conv1) is nn.Conv3d
+            and type(self.conv1) in (nn.Conv3d, PointwiseConv3d)
             and type(self.conv2) is nn.Conv3d
             and not torch.is_autocast_enabled(device)
             and not torch.compiler.is_compiling()
@@ -342,16 +342,8 @@ class _Transition(nn.Sequential):
         super().__init__()
         self.add_module("norm", nn.BatchNorm3d(num_input_features))
         self.add_module("relu", nn.ReLU(inplace=True))
-        self.add_module(
-            "conv",
-            nn.Conv3d(
-                num_input_features,
-                num_output_features,
-                kernel_size=1,
-                stride=1,
-                bias=False,
-            ),
-        )
+        conv = PointwiseConv3d(num_input_features, num_output_features)
+        self.add_module("conv", conv)
         self.add_module("pool", nn.AvgPool3d(kernel_size=2, stride=2))
 
 
