@@ -85,8 +85,9 @@ def cpu_bf16_is_faster():
     True on AMD CPUs with native bfloat16 arithmetic (AVX512-BF16: Zen 4 and
     later) when PyTorch's oneDNN can use it. There, one y-Aware step of
     DenseNet-121 on 8 pairs of 64³ volumes took 0.54 times as long in
-    bfloat16 as in float32 (2-core AMD EPYC, family 25, model 17, one
-    thread; ``benchmarks/bench_precision.py``). On an Intel Xeon with
+    bfloat16 as in float32 (2-core AMD EPYC with AVX512-BF16, one thread,
+    measured before the bfloat16 guard below existed;
+    ``benchmarks/measured/bench_precision_cpu_2core_quick.json``). On an Intel Xeon with
     AVX512-BF16 but without AMX (family 6, model 207, in a virtual machine)
     the same step took 1.19 times as long, so Intel CPUs, and every CPU not
     measured, stay in float32; choose ``precision="bf16"`` yourself where you
