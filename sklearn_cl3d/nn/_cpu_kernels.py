@@ -1,4 +1,4 @@
-"""CPU work-arounds for two oneDNN/ATen kernels, used by the backbones and
+"""CPU work-arounds for three oneDNN/ATen kernels, used by the backbones and
 the estimators.
 
 1. **Reduced-precision weight gradients on tiny maps.** oneDNN's bfloat16
@@ -21,6 +21,18 @@ the estimators.
    21 ms on one thread of the Xeon above). :func:`max_pool3d` pools through a
    channels-last copy and returns a contiguous result with the same values
    and the same argmax indices; its backward is ATen's contiguous one.
+3. **1x1x1 convolutions.** oneDNN computes a convolution in its blocked
+   layout, so a contiguous (NCDHW) input and output are reordered on every
+   call, forward and backward, and a 1x1x1 convolution is a plain matrix
+   product per sample. In one DenseNet-121 training step at 64³ (two views
+   of 8 volumes, 2 threads of the Xeon above) oneDNN spent 2.97 s, 0.39 s of
+   them in reorders; with the matrix products, 1.68 s and 0.15 s, and each
+   1x1x1 convolution's forward and backward take 1.3 to 1.5 times less time
+   (``benchmarks/bench_cpu_kernels.py --parts pointwise onednn_step``).
+   :class:`PointwiseConv3d` computes a contiguous float32/float64 CPU 1x1x1
+   convolution outside autocast as batched matrix products in the NCDHW
+   layout itself (:func:`pointwise_conv3d`, :func:`pointwise_conv3d_backward`):
+   the same values up to float rounding; ``nn.Conv3d`` everywhere else.
 """
 
 from __future__ import annotations
