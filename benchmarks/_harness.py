@@ -82,12 +82,27 @@ class StepClock:
 class CudaStepClock(StepClock):
     """A :class:`StepClock` that waits for the GPU before it stops a step (a
     plain one where CUDA is unavailable), so a step's time includes its
-    kernels, not only their launch."""
+    kernels, not only their launch. With a :class:`GpuMonitor`, the
+    monitor's samples start when the warm-up ends."""
+
+    def __init__(self, warmup, monitor=None):
+        super().__init__(warmup)
+        self.monitor = monitor
 
     def stop(self):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         super().stop()
+        if self.monitor is not None and self._n == self.warmup:
+            self.monitor.mark()
+
+
+def bind_cuda_device(device):
+    """On ``cuda:N``, make N the current device, so that synchronisation and
+    ``torch.cuda`` memory statistics refer to it (nothing elsewhere)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 class GpuMonitor:
@@ -159,11 +174,10 @@ class GpuMonitor:
         return rec
 
 
-def skorch_ticker(clock, keep=None, monitor=None):
+def skorch_ticker(clock, keep=None):
     """A skorch callback ticking ``clock`` at the end of every training batch
     (the clock starts with training). With a list ``keep``, the first
-    training batch is appended to it (for :func:`step_breakdown`). With a
-    :class:`GpuMonitor`, its samples start when the warm-up ends."""
+    training batch is appended to it (for :func:`step_breakdown`)."""
     from skorch.callbacks import Callback
 
     class Tick(Callback):
@@ -177,8 +191,6 @@ def skorch_ticker(clock, keep=None, monitor=None):
         def on_batch_end(self, net, training=None, **kwargs):
             if training:
                 clock.tick()
-                if monitor is not None and clock._n == clock.warmup:
-                    monitor.mark()
 
     return Tick()
 

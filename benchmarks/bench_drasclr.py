@@ -102,7 +102,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _harness import CudaStepClock, GpuMonitor, check_device, main
+from _harness import CudaStepClock, GpuMonitor, bind_cuda_device, check_device, main
 
 LOW, HIGH = -1024.0, 240.0  # the official intensity window
 CUDA_PATCH = (
@@ -151,18 +151,15 @@ def _run_steps(cfg, step):
     """Time ``step(patches, neighbours, landmark) -> loss`` over the batches
     (on CUDA each step ends when the GPU is done; the GPU's utilisation is
     sampled after the warm-up)."""
-    if _cuda(cfg) and torch.device(cfg["device"]).index is not None:
-        torch.cuda.set_device(cfg["device"])  # cuda:N: its clock and memory
+    bind_cuda_device(cfg["device"])
     batches = _batches(cfg)
     losses = []
     with GpuMonitor(cfg["device"]) as monitor:
-        clock = CudaStepClock(cfg["warmup"])
-        for i, (patches, nbrs, landmark) in enumerate(batches):
+        clock = CudaStepClock(cfg["warmup"], monitor)
+        for patches, nbrs, landmark in batches:
             clock.start()
             losses.append(step(patches, nbrs, landmark))
             clock.stop()
-            if i + 1 == cfg["warmup"]:
-                monitor.mark()
     out = {
         **clock.result(),
         **monitor.record(),

@@ -98,7 +98,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from _bench_common import gib, peak_rss_bytes
-from _harness import CudaStepClock, GpuMonitor, check_device, main, skorch_ticker
+from _harness import (
+    CudaStepClock,
+    GpuMonitor,
+    bind_cuda_device,
+    check_device,
+    main,
+    skorch_ticker,
+)
 
 TINYNET_PATCH = (
     "TinyNet.features_conv[0] := Conv2d(1, 16, 5) (published: 2 input channels "
@@ -110,26 +117,6 @@ TINYNET_PATCH = (
 
 def _cuda(cfg):
     return torch.device(cfg["device"]).type == "cuda"
-
-
-def _bind(cfg):
-    """On ``cuda:N``, make N the current device (its clock and memory)."""
-    if _cuda(cfg) and torch.device(cfg["device"]).index is not None:
-        torch.cuda.set_device(cfg["device"])
-
-
-class _Clock(CudaStepClock):
-    """A step clock (ending a step when the GPU is done) that marks the GPU
-    monitor when the warm-up is over."""
-
-    def __init__(self, warmup, monitor):
-        super().__init__(warmup)
-        self.monitor = monitor
-
-    def stop(self):
-        super().stop()
-        if self._n == self.warmup:
-            self.monitor.mark()
 
 
 def _finish(rec, clock, t0, cfg):
@@ -153,7 +140,7 @@ def _loop(cfg, model, loss_fn, make_input, rec):
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-5)
     rec["peak_before_gib"] = gib(peak_rss_bytes())
     with GpuMonitor(cfg["device"]) as monitor:
-        clock = _Clock(cfg["warmup"], monitor)
+        clock = CudaStepClock(cfg["warmup"], monitor)
         t0 = time.perf_counter()
         for _ in range(cfg["warmup"] + cfg["steps"]):
             clock.start()
@@ -199,7 +186,7 @@ def official_side(cfg):
     from models.resnet import resnet18
     from models.tinynet import TinyNet
 
-    _bind(cfg)
+    bind_cuda_device(cfg["device"])
     rec = {"backbone": cfg["backbone"], "patches": []}
     if cfg["backbone"] == "tinynet":
         model = TinyNet(mode="encoder", rep_dim=512, hidden_dim=256)
@@ -235,7 +222,7 @@ def plain_side(cfg):
         net, torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128)
     )
     crit = WSPLoss(sigma=0.85, temperature=0.1)
-    _bind(cfg)
+    bind_cuda_device(cfg["device"])
     model.to(cfg["device"])
     labels, positions, x = _batch(cfg)
     lab, pos = torch.as_tensor(labels), torch.as_tensor(positions)
@@ -248,7 +235,7 @@ def _library(cfg, augmentation="wsp", heap_reuse=None, files=False, **params):
 
     from sklearn_cl3d import WSPPretrainer
 
-    _bind(cfg)
+    bind_cuda_device(cfg["device"])
     n, size = cfg["batch"], cfg["size"]
     rng = np.random.default_rng(0)
     # one slice kept per volume and step; depth 10 keeps 7 central slices;
@@ -271,7 +258,7 @@ def _library(cfg, augmentation="wsp", heap_reuse=None, files=False, **params):
     if heap_reuse is not None:
         WSPPretrainer._cpu_heap_reuse = heap_reuse
     monitor = GpuMonitor(cfg["device"])
-    clock = _Clock(cfg["warmup"], monitor)
+    clock = CudaStepClock(cfg["warmup"], monitor)
 
     est = WSPPretrainer(
         backbone=cfg["backbone"],

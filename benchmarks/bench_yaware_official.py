@@ -140,17 +140,6 @@ def _device_record(cfg, monitor, clock=None):
     return rec
 
 
-def _tick_and_mark(clock, monitor):
-    """Tick ``clock``; start ``monitor``'s samples when the warm-up ends."""
-
-    def tick(*args):
-        clock.tick()
-        if clock._n == clock.warmup:
-            monitor.mark()
-
-    return tick
-
-
 def official_side(cfg):
     root = Path(cfg["official"]).resolve()
     sys.path.insert(0, str(root))
@@ -181,9 +170,9 @@ def _official_loop(cfg, net, loss, loader, config):
     from yAwareContrastiveLearning import yAwareCLModel
 
     model = yAwareCLModel(net, loss, loader, [], config)
-    clock = CudaStepClock(cfg["warmup"])
     with GpuMonitor(cfg["device"]) as monitor:
-        model.optimizer.register_step_post_hook(_tick_and_mark(clock, monitor))
+        clock = CudaStepClock(cfg["warmup"], monitor)
+        model.optimizer.register_step_post_hook(lambda *args: clock.tick())
         clock.start()
         model.pretraining()
     return {**clock.result(), **_device_record(cfg, monitor, clock), "patches": []}
@@ -271,15 +260,14 @@ def _library(cfg, **params):
 
     from sklearn_cl3d import YAwarePretrainer
 
-    clock = CudaStepClock(cfg["warmup"])
-
     x, age = _data(cfg)
     with GpuMonitor(cfg["device"]) as monitor:
+        clock = CudaStepClock(cfg["warmup"], monitor)
         est = YAwarePretrainer(
             backbone="densenet121", batch_size=cfg["pairs"], max_epochs=1,
             lr=1e-4, sigma=5.0, temperature=0.1, random_state=0,
             device=cfg["device"], verbose=0,
-            callbacks=[("tick", skorch_ticker(clock, monitor=monitor))], **params,
+            callbacks=[("tick", skorch_ticker(clock))], **params,
         )
         est.fit(x, age)
     rec = {**clock.result(), **_device_record(cfg, monitor, clock)}

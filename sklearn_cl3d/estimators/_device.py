@@ -9,8 +9,8 @@ import torch
 
 __all__ = [
     "MEMORY_FORMATS",
-    "cpu_bf16_is_faster",
     "PRECISIONS",
+    "cpu_bf16_is_faster",
     "resolve_device",
     "resolve_memory_format",
     "resolve_precision",
@@ -87,14 +87,14 @@ def cpu_bf16_is_faster():
     DenseNet-121 on 8 pairs of 64³ volumes took 0.54 times as long in
     bfloat16 as in float32 (2-core AMD EPYC with AVX512-BF16, one thread,
     measured before the bfloat16 guard below existed;
-    ``benchmarks/measured/bench_precision_cpu_2core_quick.json``). On an Intel Xeon with
-    AVX512-BF16 but without AMX (family 6, model 207, in a virtual machine)
-    the same step took 1.19 times as long, so Intel CPUs, and every CPU not
-    measured, stay in float32; choose ``precision="bf16"`` yourself where you
-    have measured it faster (Intel CPUs with AMX, say). The numbers are the
-    same on both: oneDNN runs the same AVX512-BF16 kernels, and the
-    estimators take the weight gradients oneDNN gets wrong in float32 (see
-    :mod:`sklearn_cl3d.nn._cpu_kernels`).
+    ``benchmarks/measured/bench_precision_cpu_2core_quick.json``). On an
+    Intel Xeon with AVX512-BF16 but without AMX (family 6, model 207, in a
+    virtual machine) the same step took 1.19 times as long, so Intel CPUs,
+    and every CPU not measured, stay in float32; choose ``precision="bf16"``
+    yourself where you have measured it faster (Intel CPUs with AMX, say).
+    The numbers are the same on both: oneDNN runs the same AVX512-BF16
+    kernels, and the estimators take the weight gradients oneDNN gets wrong
+    in float32 (see :mod:`sklearn_cl3d.nn._cpu_kernels`).
 
     Returns
     -------

@@ -81,8 +81,8 @@ default="cutout"
         that supports it, the fast choice on a GPU, and on a CPU where
         bfloat16 was measured faster (AMD CPUs with AVX512-BF16; see
         :func:`~sklearn_cl3d.estimators.cpu_bf16_is_faster`), ``"fp32"``
-        elsewhere; its effect on the downstream score has been measured only under CPU
-        autocast (:ref:`scaling`), so it is opt-in. ``"fp16"`` adds a
+        elsewhere; its effect on the downstream score has been measured only
+        under CPU autocast (:ref:`scaling`), so it is opt-in. ``"fp16"`` adds a
         gradient scaler.
     memory_format : {"auto", "contiguous", "channels_last"}, default="auto"
         Memory layout of the conv weights and inputs: ``"channels_last"``

@@ -334,25 +334,6 @@ class MaxPool3d(nn.MaxPool3d):
 
 
 # ------------------------------------------------------ 3. 1x1x1 convolutions
-def _pointwise_applies(x, weight) -> bool:
-    """Whether a bias-free, stride-1, unpadded 1x1x1 convolution of ``x`` by
-    ``weight`` takes the matrix-product path."""
-    return (
-        x.device.type == "cpu"
-        and x.ndim == 5
-        and weight.ndim == 5
-        and tuple(weight.shape[2:]) == (1, 1, 1)
-        and x.shape[1] == weight.shape[1]
-        and x.dtype in (torch.float32, torch.float64)
-        and weight.dtype == x.dtype
-        and x.is_contiguous()
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-    )
-
-
 def pointwise_conv3d(x, weight):
     """A 1x1x1 convolution as one matrix product per sample, in NCDHW.
 
@@ -445,15 +426,21 @@ class PointwiseConv3d(nn.Conv3d):
         )
 
     def matmul_applies(self, x) -> bool:
-        """Whether ``forward(x)`` takes the matrix-product path."""
+        """Whether ``forward(x)`` takes the matrix-product path: a contiguous
+        5-D float32/float64 CPU input of the weight's dtype and channels,
+        outside autocast, scripting, tracing and ``torch.compile``."""
         return (
             isinstance(x, torch.Tensor)
-            and self.bias is None
-            and self.groups == 1
-            and self.stride == (1, 1, 1)
-            and self.padding == (0, 0, 0)
-            and self.dilation == (1, 1, 1)
-            and _pointwise_applies(x, self.weight)
+            and x.device.type == "cpu"
+            and x.ndim == 5
+            and x.shape[1] == self.in_channels
+            and x.dtype in (torch.float32, torch.float64)
+            and x.dtype == self.weight.dtype
+            and x.is_contiguous()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
         )
 
     def forward(self, x):
