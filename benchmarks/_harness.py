@@ -427,6 +427,9 @@ def main(
     parser.add_argument("--out", type=Path, default=Path(default_out))
     add_arguments(parser)
     args = parser.parse_args()
+    if args.official is not None:
+        # the sides run with the benchmarks folder as working directory
+        args.official = args.official.resolve()
     if configure is not None:
         configure(args, parser)
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

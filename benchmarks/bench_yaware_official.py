@@ -26,8 +26,10 @@ Sides:
 - on request (``--sides``): ``library_conv1x1`` (the 1x1x1 convolutions
   on oneDNN, as before ``PointwiseConv3d``), ``library_channels_last``
   (``memory_format="channels_last"``), ``library_compile`` (``compile=True``;
-  raise ``--warmup`` past the compilation steps) and ``official_profile``
-  (the share of the official step's CPU time in convolution kernels).
+  raise ``--warmup`` past the compilation steps), ``official_profile`` and
+  ``library_profile`` (the shares of each side's CPU time in convolution
+  and matrix-product kernels: the library's step time times its share is
+  the floor no rewrite of the rest can go below).
 
 End to end, with views (on request; ``--views all|cutout``, ``--workers N``):
 
@@ -218,33 +220,62 @@ def official_views_side(cfg):
     return {**rec, "views": cfg["views"], "workers": cfg["workers"]}
 
 
-def official_profile(cfg):
-    """Share of the official step's CPU time spent in convolution kernels.
+_CONV_KEYS = ("convolution", "conv3d", "slow_conv")
+_MATMUL_KEYS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
 
-    The library runs the same oneDNN/ATen convolution kernels in float32, so
-    ``1 / conv_share`` bounds the float32 speed-up any rewrite of the rest
-    can reach. Profiles the steps after the warm-up with torch.profiler
-    (slower than the timed runs; only the shares are meaningful).
+
+def _profile(run, cfg):
+    """Time a side spends in convolution and matrix-product kernels, from
+    torch.profiler over the whole run (the profiler's own overhead lands in
+    the many small operations, so the shares are a little low).
+
+    Both sides run these kernels in float32 from the same oneDNN/MKL, so
+    ``1 / share`` bounds the speed-up any rewrite of the rest can reach.
+    ``conv_and_matmul_s_per_step`` is their time per optimizer step, over all
+    ``--warmup + --steps`` steps (the first steps include oneDNN's set-up, so
+    it is a little high): the floor of the side's step.
     """
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        official_side(cfg)
+        run(cfg)
+    steps = cfg["warmup"] + cfg["steps"]
     rows = prof.key_averages()
     total = sum(r.self_cpu_time_total for r in rows)
-    conv = sum(
-        r.self_cpu_time_total
-        for r in rows
-        if any(k in r.key for k in ("convolution", "conv3d", "slow_conv"))
-    )
+
+    def seconds(keys, exact=False):
+        return 1e-6 * sum(
+            r.self_cpu_time_total
+            for r in rows
+            if (r.key in keys if exact else any(k in r.key for k in keys))
+        )
+
+    conv_s = seconds(_CONV_KEYS)
+    kernel_s = conv_s + seconds(_MATMUL_KEYS, exact=True)
+    conv, kernels = conv_s / (1e-6 * total), kernel_s / (1e-6 * total)
     top = sorted(rows, key=lambda r: -r.self_cpu_time_total)[:12]
     return {
         "step_wall_s": None,
-        "conv_share_of_cpu_time": conv / total,
-        "speedup_bound_without_faster_convolutions": total / conv,
+        "conv_share_of_cpu_time": conv,
+        "speedup_bound_without_faster_convolutions": 1 / conv,
+        "conv_and_matmul_share_of_cpu_time": kernels,
+        "speedup_bound_without_faster_kernels": 1 / kernels,
+        "conv_and_matmul_s_per_step": kernel_s / steps,
         "top_ops": [[r.key, r.self_cpu_time_total / 1e6, r.count] for r in top],
         "note": "whole run incl. warm-up and the first (oneDNN set-up) steps",
     }
+
+
+def official_profile(cfg):
+    """Kernel shares of the official step (see :func:`_profile`)."""
+    return _profile(official_side, cfg)
+
+
+def library_profile(cfg):
+    """Kernel shares of the library step, float32, no views: its step time
+    times ``conv_and_matmul_share_of_cpu_time`` is the time its convolutions
+    and matrix products alone take, the floor of any rewrite of the rest."""
+    return _profile(lambda c: _library(c, augmentation="none"), cfg)
 
 
 def _library_without_matmul(cfg):
@@ -286,6 +317,7 @@ SIDES = {
     "library_bf16": lambda cfg: _library(cfg, augmentation="none", precision="bf16"),
     # run only when named in --sides
     "official_profile": official_profile,
+    "library_profile": library_profile,
     "library_channels_last": lambda cfg: _library(
         cfg, augmentation="none", memory_format="channels_last"
     ),
@@ -303,7 +335,8 @@ SIDES = {
     ),
 }
 ON_REQUEST = (
-    "official_profile", "library_channels_last", "library_compile", "library_conv1x1",
+    "official_profile", "library_profile", "library_channels_last",
+    "library_compile", "library_conv1x1",
     "official_views", "library_views", "library_views_fast", "library_fast",
 )
 BASELINE = {side: "official" for side in SIDES}
