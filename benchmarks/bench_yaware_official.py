@@ -27,9 +27,9 @@ Sides:
   on oneDNN, as before ``PointwiseConv3d``), ``library_channels_last``
   (``memory_format="channels_last"``), ``library_compile`` (``compile=True``;
   raise ``--warmup`` past the compilation steps), ``official_profile`` and
-  ``library_profile`` (the shares of each side's CPU time in convolution
-  and matrix-product kernels: the library's step time times its share is
-  the floor no rewrite of the rest can go below).
+  ``library_profile`` (each side's time in convolution and matrix-product
+  kernels, per step and as a share of its CPU time: the library's per-step
+  figure is the floor no rewrite of the rest can go below).
 
 End to end, with views (on request; ``--views all|cutout``, ``--workers N``):
 
@@ -142,12 +142,22 @@ def _device_record(cfg, monitor, clock=None):
     return rec
 
 
-def official_side(cfg):
-    root = Path(cfg["official"]).resolve()
-    sys.path.insert(0, str(root))
+def _official_model(cfg):
+    """The official checkout on ``sys.path``, and its DenseNet-121 encoder
+    and y-Aware loss at the benchmark's settings."""
+    sys.path.insert(0, str(cfg["official"]))
     from losses import GeneralizedSupervisedNTXenLoss
     from models.densenet import densenet121
 
+    net = densenet121(mode="encoder", drop_rate=0.0)
+    loss = GeneralizedSupervisedNTXenLoss(
+        temperature=0.1, kernel="rbf", sigma=5.0, return_logits=True
+    )
+    return net, loss
+
+
+def official_side(cfg):
+    net, loss = _official_model(cfg)
     x, age = _data(cfg)
     pairs = torch.from_numpy(np.stack([x, x], axis=1))  # (n, 2, 1, D, H, W)
     dataset = torch.utils.data.TensorDataset(pairs, torch.from_numpy(age))
@@ -158,10 +168,6 @@ def official_side(cfg):
         lr=1e-4, weight_decay=5e-5, cuda=str(cfg["device"]).startswith("cuda"),
         nb_epochs=1,
         nb_epochs_per_saving=1, checkpoint_dir=tempfile.mkdtemp(),
-    )
-    net = densenet121(mode="encoder", drop_rate=0.0)
-    loss = GeneralizedSupervisedNTXenLoss(
-        temperature=0.1, kernel="rbf", sigma=5.0, return_logits=True
     )
     return _official_loop(cfg, net, loss, loader, config)
 
@@ -185,12 +191,9 @@ def official_views_side(cfg):
     ``"all_tf"`` or ``"cutout"``, per sample) in ``--workers`` DataLoader
     workers with pinned memory on CUDA, as its ``main.py`` builds them, then
     its training loop."""
-    root = Path(cfg["official"]).resolve()
-    sys.path.insert(0, str(root))
+    net, loss = _official_model(cfg)
     import pandas as pd
     from dataset import MRIDataset
-    from losses import GeneralizedSupervisedNTXenLoss
-    from models.densenet import densenet121
 
     x, age = _data(cfg)
     folder = Path(tempfile.mkdtemp(prefix="bench_yaware_views_"))
@@ -212,10 +215,6 @@ def official_views_side(cfg):
         collate_fn=dataset.collate_fn, pin_memory=cuda,
         num_workers=cfg["workers"],
     )
-    net = densenet121(mode="encoder", drop_rate=0.0)
-    loss = GeneralizedSupervisedNTXenLoss(
-        temperature=0.1, kernel="rbf", sigma=5.0, return_logits=True
-    )
     rec = _official_loop(cfg, net, loss, loader, config)
     return {**rec, "views": cfg["views"], "workers": cfg["workers"]}
 
@@ -226,11 +225,10 @@ _MATMUL_KEYS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
 
 def _profile(run, cfg):
     """Time a side spends in convolution and matrix-product kernels, from
-    torch.profiler over the whole run (the profiler's own overhead lands in
-    the many small operations, so the shares are a little low).
-
-    Both sides run these kernels in float32 from the same oneDNN/MKL, so
-    ``1 / share`` bounds the speed-up any rewrite of the rest can reach.
+    torch.profiler over the whole run: the shares are of everything the
+    process did (data, set-up and the profiler's own overhead included), so
+    they are low and ``1 / share`` is a loose bound on the speed-up a
+    rewrite of the rest can reach.
     ``conv_and_matmul_s_per_step`` is their time per optimizer step, over all
     ``--warmup + --steps`` steps (the first steps include oneDNN's set-up, so
     it is a little high): the floor of the side's step.
@@ -267,14 +265,15 @@ def _profile(run, cfg):
 
 
 def official_profile(cfg):
-    """Kernel shares of the official step (see :func:`_profile`)."""
+    """Kernel time of the official step (see :func:`_profile`)."""
     return _profile(official_side, cfg)
 
 
 def library_profile(cfg):
-    """Kernel shares of the library step, float32, no views: its step time
-    times ``conv_and_matmul_share_of_cpu_time`` is the time its convolutions
-    and matrix products alone take, the floor of any rewrite of the rest."""
+    """Kernel time of the library step, float32, no views (see
+    :func:`_profile`): ``conv_and_matmul_s_per_step`` is what its
+    convolutions and matrix products alone take, the floor of any rewrite of
+    the rest."""
     return _profile(lambda c: _library(c, augmentation="none"), cfg)
 
 

@@ -56,26 +56,32 @@ def resolve_precision(precision, device):
     return "fp32"
 
 
-def _cpu_identity():
-    """The CPU's vendor and feature flags, from ``/proc/cpuinfo`` (Linux);
-    ``("", frozenset())`` where it cannot be read."""
+def cpu_info_fields():
+    """The first processor's fields of ``/proc/cpuinfo`` (``"vendor_id"``,
+    ``"model name"``, ``"flags"``, ...) as strings; empty where the file
+    cannot be read (other platforms)."""
     if not sys.platform.startswith("linux"):
-        return "", frozenset()
-    vendor, flags = "", frozenset()
+        return {}
+    fields = {}
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:
+                if not line.strip():
+                    if fields:
+                        break  # the end of the first processor's block
+                    continue
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "vendor_id" and not vendor:
-                    vendor = value.strip()
-                elif key == "flags" and not flags:
-                    flags = frozenset(value.split())
-                if vendor and flags:
-                    break
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return vendor, flags
+        return {}
+    return fields
+
+
+def _cpu_identity():
+    """The CPU's vendor and feature flags (see :func:`cpu_info_fields`);
+    ``("", frozenset())`` where they cannot be read."""
+    fields = cpu_info_fields()
+    return fields.get("vendor_id", ""), frozenset(fields.get("flags", "").split())
 
 
 @functools.cache

@@ -82,15 +82,11 @@ def _machine():
     """CPU model, cores and library versions (recorded with every run)."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from ..estimators._device import cpu_info_fields
+
+    cpu = cpu_info_fields().get("model name") or (
+        platform.processor() or platform.machine()
+    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
