@@ -97,6 +97,11 @@ class CudaStepClock(StepClock):
             self.monitor.mark()
 
 
+def on_cuda(cfg):
+    """Whether a side's ``cfg["device"]`` is a CUDA device."""
+    return torch.device(cfg["device"]).type == "cuda"
+
+
 def bind_cuda_device(device):
     """On ``cuda:N``, make N the current device, so that synchronisation and
     ``torch.cuda`` memory statistics refer to it (nothing elsewhere)."""

@@ -102,7 +102,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _harness import CudaStepClock, GpuMonitor, bind_cuda_device, check_device, main
+from _harness import (
+    CudaStepClock,
+    GpuMonitor,
+    bind_cuda_device,
+    check_device,
+    main,
+    on_cuda,
+)
 
 LOW, HIGH = -1024.0, 240.0  # the official intensity window
 CUDA_PATCH = (
@@ -143,10 +150,6 @@ def _batches(cfg):
     return out
 
 
-def _cuda(cfg):
-    return torch.device(cfg["device"]).type == "cuda"
-
-
 def _run_steps(cfg, step):
     """Time ``step(patches, neighbours, landmark) -> loss`` over the batches
     (on CUDA each step ends when the GPU is done; the GPU's utilisation is
@@ -169,7 +172,7 @@ def _run_steps(cfg, step):
     }
     if out["step_wall_s"]:
         out["anchors_per_s"] = cfg["batch"] / out["step_wall_s"]
-    if _cuda(cfg):
+    if on_cuda(cfg):
         out["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return out
 
@@ -178,7 +181,7 @@ def _run_steps(cfg, step):
 def _import_official(cfg):
     sys.path.insert(0, str(Path(cfg["official"]).resolve()))
     patches = []
-    if not _cuda(cfg):
+    if not on_cuda(cfg):
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
         patches.append(CUDA_PATCH)
     from models.builder import DrasCLR
@@ -205,7 +208,7 @@ def _official_gpu(cfg):
     current device and with cuDNN's autotuner on, as its ``train.py`` does
     (``torch.cuda.set_device(args.gpu)``; ``cudnn.benchmark = True`` since
     a seed is given)."""
-    if not _cuda(cfg):
+    if not on_cuda(cfg):
         return None
     index = torch.device(cfg["device"]).index
     index = torch.cuda.current_device() if index is None else index

@@ -104,6 +104,7 @@ from _harness import (
     bind_cuda_device,
     check_device,
     main,
+    on_cuda,
     skorch_ticker,
 )
 
@@ -115,10 +116,6 @@ TINYNET_PATCH = (
 )
 
 
-def _cuda(cfg):
-    return torch.device(cfg["device"]).type == "cuda"
-
-
 def _finish(rec, clock, t0, cfg):
     rec["fit_s"] = time.perf_counter() - t0
     rec["peak_after_gib"] = gib(peak_rss_bytes())
@@ -127,7 +124,7 @@ def _finish(rec, clock, t0, cfg):
     rec = {**rec, **clock.result(), **clock.monitor.record()}
     if rec["step_wall_s"]:
         rec["slices_per_s"] = cfg["batch"] / rec["step_wall_s"]
-    if _cuda(cfg):
+    if on_cuda(cfg):
         rec["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return rec
 
@@ -167,7 +164,7 @@ def _host_batch(cfg, x, labels, positions):
     CUDA the batch, its labels and its positions copied to the GPU at every
     step from pinned memory, as Lightning moves the official DataLoader's
     pinned batch (``pin_memory=True``) before its ``training_step``."""
-    if not _cuda(cfg):
+    if not on_cuda(cfg):
         return lambda: (x, labels, positions)
     device = torch.device(cfg["device"])
     x = x.pin_memory()
@@ -198,7 +195,7 @@ def official_side(cfg):
     crit = WSPContrastiveLoss(
         types.SimpleNamespace(num_classes=2), sigma=0.85, temperature=0.1
     )
-    if _cuda(cfg):  # Lightning's Trainer(gpus=[0]) moves the module
+    if on_cuda(cfg):  # Lightning's Trainer(gpus=[0]) moves the module
         model.to(cfg["device"])
     labels, positions, x = _batch(cfg)
     # the official step divides its input by 250

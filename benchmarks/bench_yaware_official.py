@@ -77,7 +77,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _harness import CudaStepClock, GpuMonitor, check_device, main, skorch_ticker
+from _harness import (
+    CudaStepClock,
+    GpuMonitor,
+    check_device,
+    main,
+    on_cuda,
+    skorch_ticker,
+)
 
 
 def _data(cfg):
@@ -96,7 +103,7 @@ BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 31
 
 
 def _bf16_peak(cfg):
-    if not str(cfg["device"]).startswith("cuda"):
+    if not on_cuda(cfg):
         return None, None
     name = torch.cuda.get_device_name()
     for key, peak in BF16_PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
@@ -165,7 +172,7 @@ def official_side(cfg):
         dataset, batch_size=cfg["pairs"], shuffle=True, drop_last=True
     )
     config = types.SimpleNamespace(
-        lr=1e-4, weight_decay=5e-5, cuda=str(cfg["device"]).startswith("cuda"),
+        lr=1e-4, weight_decay=5e-5, cuda=on_cuda(cfg),
         nb_epochs=1,
         nb_epochs_per_saving=1, checkpoint_dir=tempfile.mkdtemp(),
     )
@@ -200,7 +207,7 @@ def official_views_side(cfg):
     np.save(folder / "data.npy", x)
     pd.DataFrame({"age": age}).to_csv(folder / "labels.csv", index=False)
     del x
-    cuda = str(cfg["device"]).startswith("cuda")
+    cuda = on_cuda(cfg)
     config = types.SimpleNamespace(
         tf={"all": "all_tf", "cutout": "cutout"}[cfg["views"]],
         input_size=(1, *cfg["size"]), data_train=str(folder / "data.npy"),
